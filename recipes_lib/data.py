@@ -1,0 +1,206 @@
+"""Loading train/validation/test splits from the Hub or from local files.
+
+Every recipe reads its data through `load_splits`: a Hub dataset (`dataset_name`,
+`dataset_config_name`) or local files (`train_file`, `validation_file`, `test_file`).
+Local files win when both are set, so `run.py --train_file my.csv` replaces the YAML's
+Hub dataset without editing it. A validation split is carved from train (seeded) when
+none is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+from recipes_lib.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+# File suffix -> datasets builder. `.txt` is read line by line (one example per line).
+BUILDERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+
+# Column names detected when text_column / text_pair_column are unset, most specific first.
+PAIR_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
+                ("premise", "hypothesis")]  # fmt: skip
+SINGLE_COLUMNS = ["sentence", "text"]
+LABEL_COLUMNS = ["label", "labels"]
+
+
+@dataclasses.dataclass
+class DataArguments:
+    """Where the data comes from and how much of it to use."""
+
+    dataset_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub dataset id (e.g. glue). Setting train_file replaces it."}
+    )
+    dataset_config_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub dataset configuration (e.g. sst2)."}
+    )
+    train_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "Local training file: .csv, .tsv, .json, .jsonl, .parquet or .txt."}
+    )
+    validation_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "Local validation file; carved from train when unset."}
+    )
+    test_file: str | None = dataclasses.field(default=None, metadata={"help": "Local test file (optional)."})
+    data_encoding: str | None = dataclasses.field(
+        default=None, metadata={"help": "Text encoding of local files when not UTF-8, e.g. latin-1."}
+    )
+    validation_split_percentage: float = dataclasses.field(
+        default=10.0, metadata={"help": "Percent of train held out for validation when there is no split."}
+    )
+    max_train_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Use a seeded random subset of this many training examples."}
+    )
+    max_eval_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "Use a seeded random subset of this many validation examples."}
+    )
+    preprocessing_num_workers: int | None = dataclasses.field(
+        default=None, metadata={"help": "Processes for tokenisation (datasets.map num_proc)."}
+    )
+    overwrite_cache: bool = dataclasses.field(
+        default=False, metadata={"help": "Recompute preprocessing instead of reading the datasets cache."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.validation_split_percentage < 100:
+            raise ValueError(
+                f"validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}"
+            )
+        if self.train_file is not None:  # local files replace a Hub dataset set in the YAML
+            self.dataset_name = self.dataset_config_name = None
+        for key in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+
+
+def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
+    """Load `train` and `validation` (and `test` when given) as a DatasetDict."""
+    if data_args.train_file is None and data_args.dataset_name is None:
+        raise ConfigError("no data: set dataset_name (a Hub dataset) or train_file (a local file)")
+    if data_args.train_file is not None:
+        splits = _load_local(data_args)
+    else:
+        splits = _load_hub(data_args)
+
+    if "train" not in splits:
+        raise DataError(f"the dataset has no 'train' split (splits: {', '.join(splits)})")
+    if "validation" not in splits:
+        carved = splits["train"].train_test_split(
+            test_size=data_args.validation_split_percentage / 100, seed=seed
+        )
+        splits["train"], splits["validation"] = carved["train"], carved["test"]
+        logger.info("carved %d validation examples from train", len(splits["validation"]))
+
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(splits[split]):
+            splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
+    for split, ds in splits.items():
+        if len(ds) == 0:
+            raise DataError(f"the {split} split is empty")
+    return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
+
+
+def _load_local(data_args: DataArguments) -> DatasetDict:
+    files = {
+        "train": data_args.train_file,
+        "validation": data_args.validation_file,
+        "test": data_args.test_file,
+    }
+    files = {split: path for split, path in files.items() if path is not None}
+    suffixes = set()
+    for split, path in files.items():
+        if not Path(path).is_file():
+            raise DataError(f"{split} file not found: {path}")
+        suffix = Path(path).suffix.lower()
+        if suffix not in BUILDERS:
+            raise DataError(
+                f"unsupported data file type {suffix!r} ({path}); use one of {', '.join(BUILDERS)}"
+            )
+        suffixes.add(BUILDERS[suffix])
+    if len(suffixes) > 1:
+        raise DataError(f"train, validation and test files must be of one type, got {sorted(suffixes)}")
+    builder = suffixes.pop()
+    kwargs: dict[str, Any] = {}
+    if builder == "csv" and any(p.lower().endswith(".tsv") for p in files.values()):
+        kwargs["sep"] = "\t"
+    if data_args.data_encoding and builder in ("csv", "json", "text"):
+        kwargs["encoding"] = data_args.data_encoding
+    try:
+        loaded = load_dataset(builder, data_files=files, **kwargs)
+    except Exception as err:  # datasets wraps decoding errors in DatasetGenerationError
+        raise _data_error(err, files) from err
+    return DatasetDict(dict(loaded))
+
+
+def _load_hub(data_args: DataArguments) -> DatasetDict:
+    try:
+        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    except Exception as err:
+        raise DataError(
+            f"could not load dataset {data_args.dataset_name!r}"
+            f"{'/' + data_args.dataset_config_name if data_args.dataset_config_name else ''}: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Offline? Point train_file "
+            "(and validation_file) at local files instead"
+        ) from err
+    return DatasetDict(dict(loaded))
+
+
+def _data_error(err: Exception, files: dict[str, str]) -> DataError:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, UnicodeDecodeError):
+            return DataError(
+                f"cannot decode the data files as UTF-8 ({cause.reason} at byte {cause.start}); "
+                f"set data_encoding to the files' encoding (e.g. data_encoding: latin-1)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return DataError(f"could not read {', '.join(files.values())}: {str(err).splitlines()[0]}")
+
+
+def require_columns(ds: Dataset, columns: Sequence[str | None], what: str = "column") -> None:
+    """Raise DataError naming the first missing column and listing those that exist."""
+    for column in columns:
+        if column is not None and column not in ds.column_names:
+            raise DataError(
+                f"{what} {column!r} not found; the data has columns: {', '.join(ds.column_names)}"
+            )
+
+
+def detect_text_columns(
+    ds: Dataset, text_column: str | None, text_pair_column: str | None, label_column: str | None
+) -> tuple[str, str | None, str]:
+    """Resolve (text, text pair, label) columns: the configured names, else the usual ones.
+
+    GLUE-style sets (`sentence`, `sentence1`+`sentence2`, `question`+`sentence`, ...) and a CSV
+    with `text` and `label` columns need no settings.
+    """
+    columns = ds.column_names
+    if text_column is None:
+        pair = next((p for p in PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
+        if pair is not None and text_pair_column is None:
+            text_column, text_pair_column = pair
+        else:
+            text_column = next((c for c in SINGLE_COLUMNS if c in columns), None)
+        if text_column is None:
+            raise DataError(f"no text column found; set text_column to one of: {', '.join(columns)}")
+    if label_column is None:
+        label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
+        if label_column is None:
+            raise DataError(f"no label column found; set label_column to one of: {', '.join(columns)}")
+    require_columns(ds, [text_column, text_pair_column, label_column])
+    return text_column, text_pair_column, label_column

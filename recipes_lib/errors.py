@@ -1,0 +1,79 @@
+"""One error contract for bad input: a single line on stderr, a distinct exit code, no traceback.
+
+Library code raises a subclass of `RecipeError` naming the problem and the fix. A recipe's
+`if __name__ == "__main__":` block runs `main` under `exit_on_error`, which turns those
+errors (and the few third-party errors that mean the same thing) into one line and an exit
+code. In-process callers, tests included, see the exception itself. Pass a bare `--debug`
+or set `RECIPES_DEBUG=1` to get the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+
+class RecipeError(Exception):
+    """Bad input a user can fix. `exit_code` tells the kinds apart for scripts."""
+
+    exit_code = 1
+
+
+class ConfigError(RecipeError):
+    """Config file missing or malformed, unknown key, wrong type or value."""
+
+    exit_code = 2
+
+
+class DataError(RecipeError):
+    """Data file or column missing, unsupported type, undecodable text, empty split."""
+
+    exit_code = 3
+
+
+class ModelError(RecipeError):
+    """Model path or Hub id unavailable, or a checkpoint that cannot be loaded safely."""
+
+    exit_code = 4
+
+
+class OutputDirError(RecipeError):
+    """The output folder holds another run that this one would overwrite."""
+
+    exit_code = 5
+
+
+def debug_requested(argv: Sequence[str] | None = None) -> bool:
+    """True for a bare `--debug` flag (no value after it) or `RECIPES_DEBUG=1`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("RECIPES_DEBUG", "") not in ("", "0"):
+        return True
+    for i, arg in enumerate(argv):
+        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            return True
+    return False
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    first_line = " ".join(message.strip().split("\n")[0].split())
+    sys.stderr.write(f"error: {first_line}\n")
+    sys.exit(code)
+
+
+def exit_on_error(main: Callable[..., object], argv: Sequence[str] | None = None) -> None:
+    """Run `main(argv)` and turn bad-input errors into one line on stderr and an exit code."""
+    if debug_requested(argv):
+        main(argv)
+        return
+    try:
+        main(argv)
+    except RecipeError as err:
+        _fail(str(err), err.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+    except OSError as err:
+        # from_pretrained reports a missing local folder or an unreachable Hub id as OSError.
+        code = ModelError.exit_code if "model" in str(err).lower() else 1
+        _fail(f"{err} (run with --debug for the traceback)", code)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tests run offline, on tiny models built from configs and generated data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Nothing in the test suite may reach the Hugging Face Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures import (  # noqa: E402
+    build_tiny_bert,
+    pair_rows,
+    regression_rows,
+    sentiment_rows,
+    write_csv,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def sentiment_csvs(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("sentiment")
+    return write_csv(d / "train.csv", sentiment_rows(800, seed=1)), write_csv(
+        d / "dev.csv", sentiment_rows(200, 2)
+    )
+
+
+@pytest.fixture(scope="session")
+def pair_csvs(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("pairs")
+    return write_csv(d / "train.csv", pair_rows(1200, seed=3)), write_csv(d / "dev.csv", pair_rows(200, 4))
+
+
+@pytest.fixture(scope="session")
+def regression_csvs(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("regression")
+    return write_csv(d / "train.csv", regression_rows(1200, 5)), write_csv(
+        d / "dev.csv", regression_rows(200, 6)
+    )
+
+
+def load_recipe(name: str):
+    """Import recipes/<name>/run.py as a module (recipes are scripts, not a package)."""
+    import importlib.util
+
+    path = REPO / "recipes" / name / "run.py"
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,102 @@
+"""The config layer: YAML then command line, typed, validated, and every shipped YAML parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import REPO, load_recipe
+from transformers import TrainingArguments
+
+from recipes_lib.config import RunArguments, parse_config, resolved_config
+from recipes_lib.data import DataArguments
+from recipes_lib.errors import ConfigError
+
+SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
+
+
+def _parse(tmp_path: Path, yaml_text: str, argv: list[str] = ()):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    return parse_config((DataArguments, RunArguments, TrainingArguments), ["--config", str(path), *argv])
+
+
+BASE = "train_file: t.csv\noutput_dir: out\n"
+
+
+def test_yaml_numbers_written_as_strings_become_floats(tmp_path):
+    _, _, args = _parse(tmp_path, BASE + "learning_rate: 2e-5\nwarmup_steps: 1e2\n")
+    assert args.learning_rate == pytest.approx(2e-5) and isinstance(args.learning_rate, float)
+    assert args.warmup_steps == 100
+
+
+def test_command_line_overrides_yaml(tmp_path):
+    _, _, args = _parse(tmp_path, BASE + "learning_rate: 2e-5\nseed: 1\n", ["--learning_rate", "3e-5"])
+    assert args.learning_rate == pytest.approx(3e-5) and args.seed == 1
+
+
+@pytest.mark.parametrize(
+    "yaml_text, argv, words",
+    [
+        ("learnin_rate: 1e-4\n", [], ["learnin_rate", "learning_rate"]),
+        ("", ["--learning_rat", "1e-4"], ["--learning_rat", "--learning_rate"]),
+        ("", ["--num_train_epoch", "2"], ["--num_train_epoch", "--num_train_epochs"]),
+        ("learning_rate: fast\n", [], ["learning_rate", "number", "fast"]),
+        ("", ["--learning_rate", "fast"], ["learning_rate", "fast"]),
+        ("per_device_train_batch_size: 3.5\n", [], ["per_device_train_batch_size", "integer"]),
+        ("eval_strategy: epochs\n", [], ["eval_strategy", "epoch"]),
+        ("learning_rate: -1\n", [], ["learning_rate", "> 0"]),
+        ("validation_split_percentage: 150\n", [], ["validation_split_percentage"]),
+        ("seed: [1\n", [], ["YAML syntax error", "line 4"]),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, yaml_text, argv, words):
+    with pytest.raises(ConfigError) as err:
+        _parse(tmp_path, BASE + yaml_text, argv)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_missing_config_file_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        parse_config((DataArguments, TrainingArguments), ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_expected_block_is_carried_not_parsed(tmp_path):
+    _, run, _ = _parse(tmp_path, BASE + "expected: {metric: eval_accuracy, value: 0.9}\n")
+    assert run.expected == {"metric": "eval_accuracy", "value": 0.9}
+
+
+def test_resolved_config_parses_back_to_the_same_arguments(tmp_path):
+    parsed = _parse(
+        tmp_path, BASE + "learning_rate: 3e-5\neval_strategy: epoch\nreport_to: none\n", ["--seed", "7"]
+    )
+    out = tmp_path / "resolved.yaml"
+    import yaml
+
+    out.write_text(yaml.safe_dump(resolved_config(*parsed)))
+    again = parse_config((DataArguments, RunArguments, TrainingArguments), ["--config", str(out)])
+    assert resolved_config(*again) == resolved_config(*parsed)
+    assert again[2].seed == 7 and again[2].learning_rate == pytest.approx(3e-5)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_parses(path):
+    recipe = load_recipe(path.relative_to(REPO).parts[1])
+    model_args, data_args, run_args, training_args = parse_config(
+        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
+        ["--config", str(path)],
+    )
+    assert training_args.output_dir and model_args.model_name_or_path
+    if run_args.expected is not None:  # baseline configs say what they should reach and where from
+        assert {"metric", "value", "tolerance", "source"} <= set(run_args.expected)
+
+
+def test_config_relative_to_the_recipe_folder():
+    recipe = load_recipe("bert_cls")
+    *_, training_args = parse_config(
+        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
+        ["--config", "configs/mrpc.yaml"],
+        default_config=REPO / "recipes" / "bert_cls" / "config.yaml",
+    )
+    assert training_args.output_dir.endswith("mrpc")
