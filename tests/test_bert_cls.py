@@ -55,7 +55,8 @@ def test_single_sentence_classification_learns_and_saves_a_usable_model(tiny_ber
 
 
 def test_sentence_pairs_are_encoded_as_pairs(tiny_bert, pair_csvs, tmp_path):
-    metrics = run(tiny_bert, *pair_csvs, tmp_path / "out")
+    # Learning which segment holds the animal takes a few epochs before it clicks; 10 leave margin.
+    metrics = run(tiny_bert, *pair_csvs, tmp_path / "out", "--num_train_epochs", "10")
     assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_f1"] >= 0.9
 
 
