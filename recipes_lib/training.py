@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from recipes_lib.config import RunArguments, resolved_config
 from recipes_lib.errors import OutputDirError
+from recipes_lib.reporting import RUN_FACTS, plot_training_curves, run_facts, write_confusion_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
     config = resolved_config(*parsed)
     comparable = {k: v for k, v in config.items() if k not in ("overwrite_output_dir", "expected")}
     last_checkpoint = None
-    if out.is_dir() and any(out.iterdir()):
+    # A run that failed before its first checkpoint leaves only start-up files: not a run to keep.
+    holds_run = out.is_dir() and any(p.name not in (RESOLVED_CONFIG, RUN_FACTS) for p in out.iterdir())
+    if holds_run:
         previous_path = out / RESOLVED_CONFIG
         if run_args.overwrite_output_dir:
             if training_args.should_save:
@@ -91,6 +94,8 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
     if training_args.should_save:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / RESOLVED_CONFIG, yaml.safe_dump(config, sort_keys=False))
+        facts = run_facts(run_args.recipe, run_args.config_file, training_args.world_size)
+        _atomic_write(out / RUN_FACTS, json.dumps(facts, indent=1))
     return last_checkpoint
 
 
@@ -113,6 +118,8 @@ def train_and_evaluate(
     decode_predictions: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
     extra_metrics: dict[str, float] | None = None,
     model_card: dict[str, Any] | None = None,
+    derived_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Train (resuming if asked), save model + state, evaluate, and write results.
 
@@ -120,12 +127,16 @@ def train_and_evaluate(
     the model with its processing class, a model card and, when `eval_inputs` and
     `decode_predictions` are given, `eval_predictions.jsonl`: one object per eval example
     with its input columns and the decoded prediction. `model_card` is passed to
-    `Trainer.create_model_card` (finetuned_from, dataset, tasks, ...). Returns all metrics.
+    `Trainer.create_model_card` (finetuned_from, dataset, tasks, ...). `derived_metrics` maps
+    the eval metrics to more metrics saved with them (e.g. perplexity from eval_loss). With
+    `label_names` (classification) a confusion matrix is written as JSON and PNG.
+    `training_curves.png` plots the logged loss and eval metrics. Returns all metrics.
     """
     args = trainer.args
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()
+    out = Path(args.output_dir)
     metrics: dict[str, float] = dict(train_result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)
     trainer.log_metrics("train", metrics)
@@ -137,24 +148,42 @@ def train_and_evaluate(
         eval_metrics = dict(output.metrics)
         eval_metrics["eval_samples"] = len(trainer.eval_dataset)
         eval_metrics.update(extra_metrics or {})
+        if derived_metrics is not None:
+            eval_metrics.update(derived_metrics(eval_metrics))
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
         if args.should_save and eval_inputs is not None and decode_predictions is not None:
-            write_predictions(
-                Path(args.output_dir) / PREDICTIONS, eval_inputs, decode_predictions(output.predictions)
+            write_predictions(out / PREDICTIONS, eval_inputs, decode_predictions(output.predictions))
+        if args.should_save and label_names and output.label_ids is not None:
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            write_confusion_matrix(
+                out, output.label_ids.reshape(-1), logits.argmax(-1).reshape(-1), label_names
             )
     elif extra_metrics:
         trainer.save_metrics("eval", extra_metrics)
         metrics.update(extra_metrics)
 
     if args.should_save:
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
         try:
             trainer.create_model_card(**(model_card or {}))
+            _append_to_model_card(out, metrics)
         except Exception as err:  # the card is a nicety; offline Hub lookups must not fail the run
             logger.warning("model card not written: %s", err)
         print_metrics(metrics)
     return metrics
+
+
+def _append_to_model_card(out: Path, metrics: dict[str, float]) -> None:
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    )
+    config = (out / RESOLVED_CONFIG).read_text(encoding="utf-8") if (out / RESOLVED_CONFIG).is_file() else ""
+    with open(out / "README.md", "a", encoding="utf-8") as card:
+        card.write(f"\n## Final metrics\n\n| metric | value |\n|---|---|\n{rows}\n")
+        card.write(f"\n## Configuration\n\nRepeat this run with `--config {RESOLVED_CONFIG}`:\n\n")
+        card.write(f"```yaml\n{config}```\n")
 
 
 def write_predictions(path: Path, inputs: Dataset, decoded: list[dict[str, Any]]) -> None:
@@ -170,7 +199,7 @@ def write_predictions(path: Path, inputs: Dataset, decoded: list[dict[str, Any]]
 
 def print_metrics(metrics: dict[str, float]) -> None:
     """The run's final metrics as a two-column table on stdout."""
-    shown = {k: v for k, v in metrics.items() if k.startswith("eval_") or k in ("perplexity", "train_loss")}
+    shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "perplexity")) or k == "train_loss"}
     shown = {k: v for k, v in shown.items() if not k.endswith(("_per_second", "_runtime"))}
     width = max((len(k) for k in shown), default=6)
     rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]

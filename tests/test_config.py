@@ -100,3 +100,14 @@ def test_config_relative_to_the_recipe_folder():
         default_config=REPO / "recipes" / "bert_cls" / "config.yaml",
     )
     assert training_args.output_dir.endswith("mrpc")
+
+
+def test_tensorboard_is_on_by_default_only_when_installed(tmp_path, monkeypatch):
+    import recipes_lib.config as config
+
+    monkeypatch.setattr(config, "tensorboard_available", lambda: True)
+    assert _parse(tmp_path, BASE)[2].report_to == ["tensorboard"]
+    assert _parse(tmp_path, BASE + "report_to: none\n")[2].report_to == []
+    assert _parse(tmp_path, BASE, ["--report_to", "none"])[2].report_to == []
+    monkeypatch.setattr(config, "tensorboard_available", lambda: False)
+    assert _parse(tmp_path, BASE)[2].report_to == []

@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "tasks": "text-classification",
     }
     return train_and_evaluate(
-        trainer, last_checkpoint, eval_inputs=eval_inputs, decode_predictions=decode, model_card=card
-    )
+        trainer, last_checkpoint, eval_inputs=eval_inputs, decode_predictions=decode, model_card=card,
+        label_names=label_names or None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

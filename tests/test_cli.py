@@ -1,0 +1,161 @@
+"""The `recipes` command, and every command the READMEs show."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, load_recipe
+from transformers import TrainingArguments
+
+from recipes_lib import cli
+from recipes_lib.config import RunArguments, parse_config
+from recipes_lib.reporting import report_row
+
+RECIPES = sorted(p.parent.name for p in REPO.glob("recipes/*/run.py"))
+TINY_BERT_ARGS = ["--learning_rate", "1e-3", "--per_device_train_batch_size", "16", "--use_cpu", "true",
+                  "--eval_strategy", "no", "--save_strategy", "no", "--num_train_epochs", "3"]  # fmt: skip
+
+
+def test_list_shows_every_recipe_with_its_configs(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for recipe in RECIPES:
+        assert re.search(rf"^{recipe}\s", out, re.M), recipe
+    assert "mrpc" in out and "eval_accuracy" in out
+
+
+def test_new_copies_a_recipe_that_runs_from_anywhere(tmp_path, tiny_bert, sentiment_csvs):
+    dest = tmp_path / "elsewhere"
+    dest.mkdir()
+    assert cli.main(["new", "my_sentiment", "--from", "bert_cls", "--dest", str(dest)]) == 0
+    copy = dest / "my_sentiment"
+    assert {p.name for p in copy.iterdir()} >= {"run.py", "config.yaml", "configs", "README.md"}
+    assert "bert_cls" not in (copy / "config.yaml").read_text()
+    # Run the copy with a working directory that is neither the repo nor the copy.
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    cmd = [sys.executable, str(copy / "run.py"), "--model_name_or_path", str(tiny_bert),
+           "--train_file", str(sentiment_csvs[0]), "--validation_file", str(sentiment_csvs[1]),
+           "--output_dir", "out", *TINY_BERT_ARGS]  # fmt: skip
+    result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((workdir / "out" / "all_results.json").read_text())
+    assert results["eval_accuracy"] >= 0.9
+    assert json.loads((workdir / "out" / "run_info.json").read_text())["recipe"] == "my_sentiment"
+
+
+def test_new_refuses_to_overwrite(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "mine.txt").write_text("keep me")
+    assert cli.main(["new", "taken", "--from", "bert_cls", "--dest", str(tmp_path)]) != 0
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["mine.txt"]
+
+
+def test_report_puts_runs_beside_their_expected_numbers(tmp_path, tiny_bert, sentiment_csvs, capsys):
+    config = tmp_path / "baseline.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "train_file": str(sentiment_csvs[0]),
+                "validation_file": str(sentiment_csvs[1]),
+                "model_name_or_path": str(tiny_bert),
+                "expected": {"metric": "eval_accuracy", "value": 0.99, "tolerance": 0.05, "source": "test"},
+            }
+        )
+    )
+    bert_cls = load_recipe("bert_cls")
+    runs = [tmp_path / "run_a", tmp_path / "run_b"]
+    bert_cls.main(["--config", str(config), "--output_dir", str(runs[0]), *TINY_BERT_ARGS])
+    barely = ["--num_train_epochs", "1", "--max_train_samples", "32", "--learning_rate", "1e-5"]
+    bert_cls.main(["--config", str(config), "--output_dir", str(runs[1]), *TINY_BERT_ARGS, *barely])
+
+    assert cli.main(["report", *map(str, runs), "--format", "csv", "--output", str(tmp_path / "r.csv")]) == 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert len(rows) == 2
+    for row, run in zip(rows, runs, strict=True):
+        results = json.loads((run / "all_results.json").read_text())
+        assert row["recipe"] == "bert_cls" and row["config"] == "baseline.yaml"
+        assert float(row["value"]) == pytest.approx(results["eval_accuracy"])
+        assert float(row["delta"]) == pytest.approx(results["eval_accuracy"] - 0.99)
+        assert float(row["runtime_s"]) == pytest.approx(results["train_runtime"])
+        assert row["hardware"].startswith("CPU")
+    assert rows[0]["within"] == "yes"  # the tiny model learns this data: >= 0.94
+    assert rows[1]["within"] == "no"  # 32 examples at lr 1e-5 stay near chance
+    capsys.readouterr()
+    assert cli.main(["report", *map(str, runs)]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| recipe | config | model |") and table.count("\n") == 4
+    assert report_row(runs[0])["within"] == "yes"
+
+
+def test_every_run_leaves_plots_and_a_model_card_with_metrics(tmp_path, tiny_bert, sentiment_csvs):
+    out = tmp_path / "out"
+    load_recipe("bert_cls").main([
+        "--model_name_or_path", str(tiny_bert), "--train_file", str(sentiment_csvs[0]),
+        "--validation_file", str(sentiment_csvs[1]), "--output_dir", str(out), *TINY_BERT_ARGS,
+        "--eval_strategy", "epoch", "--logging_steps", "10",
+    ])  # fmt: skip
+    for png in ("training_curves.png", "confusion_matrix.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    matrix = json.loads((out / "confusion_matrix.json").read_text())
+    results = json.loads((out / "all_results.json").read_text())
+    total = sum(map(sum, matrix["matrix"]))
+    correct = sum(matrix["matrix"][i][i] for i in range(len(matrix["labels"])))
+    assert matrix["labels"] == ["negative", "positive"] and total == 200
+    assert correct / total == pytest.approx(results["eval_accuracy"])
+    card = (out / "README.md").read_text()
+    assert "## Final metrics" in card and f"{results['eval_accuracy']:.4f}" in card
+    assert "learning_rate: 0.001" in card
+
+
+# ---- every command in every README is at least parsed, so docs cannot drift from the code
+
+READMES = [REPO / "README.md", *sorted(REPO.glob("recipes/*/README.md"))]
+SHELL_ONLY = ("source", "cd", "export", "pip", "git")
+
+
+def readme_commands():
+    for readme in READMES:
+        blocks = re.findall(r"```(?:bash|sh|console)\n(.*?)```", readme.read_text(), re.S)
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].split(" # ")[0].strip()
+                if line and not line.startswith("#"):
+                    yield pytest.param(readme, line, id=f"{readme.relative_to(REPO)}: {line[:60]}")
+
+
+@pytest.mark.parametrize("readme, command", list(readme_commands()))
+def test_readme_command_parses(readme, command):
+    words = shlex.split(command)
+    if words[0] in SHELL_ONLY:
+        return
+    if words[0] == "make":
+        targets = re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M)
+        assert set(words[1:]) <= set(targets), f"unknown make target in {readme}: {command}"
+        return
+    if words[0] == "recipes":
+        cli.build_parser().parse_args(words[1:])
+        return
+    run_py = next((w for w in words if w.endswith("run.py")), None)
+    assert words[0] in ("python", "accelerate", "torchrun") and run_py, f"unrecognised command: {command}"
+    recipe_dir = REPO / "recipes" / run_py.split("/")[-2]
+    if not recipe_dir.is_dir():  # a command for a copied recipe (`recipes new NAME`)
+        recipe_dir = REPO / "recipes" / "bert_cls"
+    argv = words[words.index(run_py) + 1 :]
+    if "--help" in argv:
+        return
+    recipe = load_recipe(recipe_dir.name)
+    parse_config(
+        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
+        argv,
+        default_config=recipe_dir / "config.yaml",
+    )
