@@ -45,6 +45,7 @@ class RunArguments:
     )
     # Filled in by parse_config, not settable as keys.
     recipe: str | None = dataclasses.field(default=None, init=False)
+    explicit_keys: list[str] = dataclasses.field(default_factory=list, init=False)
     config_file: str | None = dataclasses.field(default=None, init=False)
     expected: dict | None = dataclasses.field(default=None, init=False)
 
@@ -99,6 +100,8 @@ def parse_config(
     for args in parsed:
         if isinstance(args, RunArguments):
             args.recipe = Path(default_config).parent.name if default_config else None
+            cli_keys = [a[2:].split("=")[0].removeprefix("no_") for a in argv if a.startswith("--")]
+            args.explicit_keys = sorted(set(coerced) | {k for k in cli_keys if k in fields})
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
         if isinstance(args, TrainingArguments):
@@ -233,11 +236,17 @@ def resolved_config(*parsed: Any) -> dict[str, Any]:
     TrainingArguments fields, and the `expected` block. Loadable again with `--config`."""
     out: dict[str, Any] = {}
     expected = None
+    explicit = next((set(a.explicit_keys) for a in parsed if isinstance(a, RunArguments)), None)
     for args in parsed:
         if isinstance(args, TrainingArguments):
-            defaults = TrainingArguments(output_dir=args.output_dir).to_dict()
+            # The keys the YAML or command line set (else those that differ from the defaults),
+            # never a token. Post-init values (accelerator_config, ...) are left to TrainingArguments.
+            defaults = _field_defaults(TrainingArguments)
             for key, value in args.to_dict().items():
-                if key in defaults and (value != defaults[key] or key == "output_dir"):
+                if key not in defaults or key == "hub_token":
+                    continue
+                chosen = key in explicit if explicit is not None else value != _plain(defaults[key])
+                if chosen or key in ("output_dir", "seed"):
                     out[key] = value
         else:
             for f in dataclasses.fields(args):
@@ -248,6 +257,18 @@ def resolved_config(*parsed: Any) -> dict[str, Any]:
     if expected is not None:
         out["expected"] = expected
     return out
+
+
+def _field_defaults(dtype: type) -> dict[str, Any]:
+    # Read from the dataclass fields: building a second TrainingArguments would set up a
+    # non-distributed accelerate state and silently make a multi-process run world size 1.
+    defaults = {}
+    for f in dataclasses.fields(dtype):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return defaults
 
 
 def _plain(value: Any) -> Any:

@@ -79,7 +79,9 @@ def vocabulary_corpus() -> list[str]:
     return [" ".join(words)] * 20 + [w for w in words]
 
 
-def build_tiny_bert(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_bert(
+    out: Path, hidden: int = 64, layers: int = 2, seed: int = 0, dropout: float = 0.1
+) -> Path:
     """A randomly initialised 2-layer BERT and a WordPiece tokenizer trained on the fixture words."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -101,7 +103,8 @@ def build_tiny_bert(out: Path, hidden: int = 64, layers: int = 2, seed: int = 0)
     )  # fmt: skip
     config = BertConfig(
         vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=128,
+        intermediate_size=hidden * 2, max_position_embeddings=128, hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     import torch
 

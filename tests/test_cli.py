@@ -127,14 +127,33 @@ def readme_commands():
     for readme in READMES:
         blocks = re.findall(r"```(?:bash|sh|console)\n(.*?)```", readme.read_text(), re.S)
         for block in blocks:
-            for line in block.replace("\\\n", " ").splitlines():
-                line = line.split("  #")[0].split(" # ")[0].strip()
+            lines = iter(block.replace("\\\n", " ").splitlines())
+            for line in lines:
+                heredoc = re.search(r"<<-?'?(\w+)'?\s*$", line)
+                if heredoc:  # `python - <<'EOF' ... EOF`: the whole script is one command
+                    body = []
+                    for inner in lines:
+                        if inner.strip() == heredoc.group(1):
+                            break
+                        body.append(inner)
+                    line = line + "\n" + "\n".join(body)
+                else:
+                    line = line.split("  #")[0].split(" # ")[0].strip()
                 if line and not line.startswith("#"):
                     yield pytest.param(readme, line, id=f"{readme.relative_to(REPO)}: {line[:60]}")
 
 
 @pytest.mark.parametrize("readme, command", list(readme_commands()))
-def test_readme_command_parses(readme, command):
+def test_readme_command_parses(readme, command, tmp_path):
+    if "\n" in command:  # a Python heredoc: run it in a scratch folder
+        first, script = command.split("\n", 1)
+        assert first.startswith("python - <<"), f"unrecognised heredoc in {readme}: {first}"
+        python = [sys.executable, "-"]
+        result = subprocess.run(
+            python, input=script, cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return
     words = shlex.split(command)
     if words[0] in SHELL_ONLY:
         return
@@ -146,7 +165,10 @@ def test_readme_command_parses(readme, command):
         cli.build_parser().parse_args(words[1:])
         return
     run_py = next((w for w in words if w.endswith("run.py")), None)
-    assert words[0] in ("python", "accelerate", "torchrun") and run_py, f"unrecognised command: {command}"
+    assert words[0] in ("python", "accelerate", "torchrun", "sbatch") and run_py, f"unrecognised: {command}"
+    for flag, launcher_file in zip(words, words[1:], strict=False):
+        if flag == "--config_file" or (flag == "sbatch" and launcher_file.endswith(".sh")):
+            assert (REPO / launcher_file).is_file(), f"{launcher_file} in {readme} does not exist"
     recipe_dir = REPO / "recipes" / run_py.split("/")[-2]
     if not recipe_dir.is_dir():  # a command for a copied recipe (`recipes new NAME`)
         recipe_dir = REPO / "recipes" / "bert_cls"

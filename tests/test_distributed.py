@@ -1,0 +1,93 @@
+"""Real 2-process data parallelism on CPU (gloo), through accelerate and torchrun.
+
+`--use_cpu true` is what makes CPU processes join one process group: without it each
+process trains alone with world size 1, so every test asserts the world size.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from conftest import REPO
+from fixtures import build_tiny_bert, sentiment_rows, write_csv
+
+BIN = Path(sys.executable).parent
+BERT_RUN = str(REPO / "recipes" / "bert_cls" / "run.py")
+LAUNCHERS = {
+    "accelerate": [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2"],
+    "torchrun": [str(BIN / "torchrun"), "--nproc_per_node", "2"],
+}
+
+
+def launch(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def bert_setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp_bert")
+    # No dropout, so a 2-process run and a 1-process run see identical forward passes.
+    model = build_tiny_bert(d / "model", dropout=0.0)
+    train = write_csv(d / "train.csv", sentiment_rows(320, seed=21))
+    dev = write_csv(d / "dev.csv", sentiment_rows(101, seed=22))  # odd: the last batch is uneven
+    args = ["--model_name_or_path", str(model), "--train_file", str(train), "--validation_file", str(dev),
+            "--num_train_epochs", "2", "--learning_rate", "1e-3", "--use_cpu", "true",
+            "--eval_strategy", "no", "--save_strategy", "no", "--train_sampling_strategy", "random",
+            "--logging_steps", "5"]  # fmt: skip
+    single = d / "single"
+    launch(
+        [sys.executable, BERT_RUN, *args, "--per_device_train_batch_size", "16", "--output_dir", str(single)],
+        d,
+    )
+    return d, args, dev, single
+
+
+def losses(run_dir: Path) -> list[float]:
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    return [e["loss"] for e in state["log_history"] if "loss" in e]
+
+
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_bert_cls_two_processes_match_one_with_the_same_global_batch(bert_setup, launcher):
+    d, args, dev, single = bert_setup
+    out = d / f"ddp_{launcher}"
+    result = launch([*LAUNCHERS[launcher], BERT_RUN, *args, "--per_device_train_batch_size", "8",
+                     "--output_dir", str(out)], d)  # fmt: skip
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
+    table_headers = [line for line in result.stdout.splitlines() if line.startswith("metric ")]
+    assert len(table_headers) == 1  # only the main process prints the final table
+
+    # Every eval example predicted exactly once, despite 101 examples over 2 processes.
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    expected = collections.Counter((r["text"], r["label"]) for r in csv.DictReader(dev.open()))
+    assert collections.Counter((p["text"], p["label"]) for p in predictions) == expected
+
+    ddp, one = (json.loads((p / "all_results.json").read_text()) for p in (out, single))
+    assert ddp["eval_samples"] == 101
+    assert losses(out) == pytest.approx(losses(single), rel=1e-3)  # the same optimisation path
+    assert ddp["eval_accuracy"] == pytest.approx(one["eval_accuracy"], abs=0.01)
+    assert ddp["eval_loss"] == pytest.approx(one["eval_loss"], rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_accelerate_config_loads_with_accelerates_loader(path):
+    config = load_config_from_file(str(path))
+    assert config.num_processes >= 1 and config.distributed_type is not None
+    if config.distributed_type.value == "FSDP":
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    if config.distributed_type.value == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] in (2, 3)
