@@ -9,6 +9,7 @@ none is given.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -95,24 +96,7 @@ def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
         splits = _load_local(data_args)
     else:
         splits = _load_hub(data_args)
-
-    if "train" not in splits:
-        raise DataError(f"the dataset has no 'train' split (splits: {', '.join(splits)})")
-    if "validation" not in splits:
-        carved = splits["train"].train_test_split(
-            test_size=data_args.validation_split_percentage / 100, seed=seed
-        )
-        splits["train"], splits["validation"] = carved["train"], carved["test"]
-        logger.info("carved %d validation examples from train", len(splits["validation"]))
-
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and limit < len(splits[split]):
-            splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
-    for split, ds in splits.items():
-        if len(ds) == 0:
-            raise DataError(f"the {split} split is empty")
-    return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
+    return finish_splits(splits, data_args, seed)
 
 
 def _load_local(data_args: DataArguments) -> DatasetDict:
@@ -161,6 +145,9 @@ def _load_hub(data_args: DataArguments) -> DatasetDict:
 
 
 def _data_error(err: Exception, files: dict[str, str]) -> DataError:
+    for split, path in files.items():
+        if _holds_no_examples(Path(path)):
+            return DataError(f"the {split} file {path} holds no examples")
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, UnicodeDecodeError):
@@ -169,7 +156,31 @@ def _data_error(err: Exception, files: dict[str, str]) -> DataError:
                 f"set data_encoding to the files' encoding (e.g. data_encoding: latin-1)"
             )
         cause = cause.__cause__ or cause.__context__
-    return DataError(f"could not read {', '.join(files.values())}: {str(err).splitlines()[0]}")
+    headers = {split: _csv_header(Path(path)) for split, path in files.items()}
+    if None not in headers.values() and len(set(map(tuple, headers.values()))) > 1:
+        shown = "; ".join(f"{split}: {', '.join(cols)}" for split, cols in headers.items())
+        return DataError(f"the data files have different columns ({shown}); give them the same header")
+    root: BaseException = err  # datasets wraps the real reason (e.g. mismatched columns) in its own error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    return DataError(f"could not read {', '.join(files.values())}: {reason[:300]}")
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+
+
+def _holds_no_examples(path: Path) -> bool:
+    if path.suffix.lower() == ".parquet":
+        return False
+    with open(path, "rb") as f:
+        lines = [line for line in f.read(1 << 16).splitlines() if line.strip()]
+    header = 1 if path.suffix.lower() in (".csv", ".tsv") else 0
+    return len(lines) <= header
 
 
 def require_columns(ds: Dataset, columns: Sequence[str | None], what: str = "column") -> None:
@@ -179,6 +190,19 @@ def require_columns(ds: Dataset, columns: Sequence[str | None], what: str = "col
             raise DataError(
                 f"{what} {column!r} not found; the data has columns: {', '.join(ds.column_names)}"
             )
+
+
+def require_labels(splits: DatasetDict, label_column: str) -> None:
+    """Raise DataError when a train/validation example has an empty label, naming the row."""
+    for split in ("train", "validation"):
+        if split in splits:
+            labels = splits[split][label_column]
+            missing = [i for i, label in enumerate(labels) if label is None]
+            if missing:
+                raise DataError(
+                    f"{len(missing)} {split} example(s) have no {label_column!r} (first: row {missing[0]}); "
+                    "fill or drop them"
+                )
 
 
 def detect_text_columns(
@@ -204,3 +228,28 @@ def detect_text_columns(
             raise DataError(f"no label column found; set label_column to one of: {', '.join(columns)}")
     require_columns(ds, [text_column, text_pair_column, label_column])
     return text_column, text_pair_column, label_column
+
+
+def finish_splits(splits: DatasetDict, data_args: DataArguments, seed: int = 42) -> DatasetDict:
+    """What `load_splits` does after loading, for splits loaded another way (e.g. image folders).
+
+    Carves `validation_split_percentage` of train into a validation split when there is none
+    (seeded), applies `max_train_samples` / `max_eval_samples`, and rejects empty splits.
+    """
+    splits = DatasetDict(dict(splits))
+    if "train" not in splits:
+        raise DataError(f"the dataset has no 'train' split (splits: {', '.join(splits)})")
+    if "validation" not in splits:
+        carved = splits["train"].train_test_split(
+            test_size=data_args.validation_split_percentage / 100, seed=seed
+        )
+        splits["train"], splits["validation"] = carved["train"], carved["test"]
+        logger.info("carved %d validation examples from train", len(splits["validation"]))
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(splits[split]):
+            splits[split] = splits[split].shuffle(seed=seed).select(range(limit))
+    for split, ds in splits.items():
+        if len(ds) == 0:
+            raise DataError(f"the {split} split is empty")
+    return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})

@@ -9,9 +9,10 @@ or set `RECIPES_DEBUG=1` to get the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 
@@ -43,6 +44,30 @@ class OutputDirError(RecipeError):
     """The output folder holds another run that this one would overwrite."""
 
     exit_code = 5
+
+
+class TrainingError(RecipeError):
+    """Training went wrong in a way the user must act on (e.g. the loss became NaN/inf)."""
+
+    exit_code = 6
+
+
+@contextlib.contextmanager
+def loading_model(name_or_path: str) -> Iterator[None]:
+    """Turn from_pretrained's OSError for a missing folder or Hub id into one ModelError line."""
+    try:
+        yield
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        hint = (
+            " (HF_HUB_OFFLINE is set: use a local folder or a model already in the HF cache)"
+            if offline
+            else ""
+        )
+        raise ModelError(
+            f"cannot load model {name_or_path!r}: not a local folder with a model, and not available from "
+            f"the Hub{hint}; check model_name_or_path"
+        ) from err
 
 
 def debug_requested(argv: Sequence[str] | None = None) -> bool:

@@ -19,14 +19,16 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 import transformers
 import yaml
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from recipes_lib.config import RunArguments, resolved_config
-from recipes_lib.errors import OutputDirError
+from recipes_lib.errors import OutputDirError, TrainingError
 from recipes_lib.reporting import RUN_FACTS, plot_training_curves, run_facts, write_confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
                     f"output_dir {out} already holds a finished run of this config; "
                     "pick another output_dir or pass --overwrite_output_dir to train again"
                 )
-            last_checkpoint = get_last_checkpoint(str(out))
+            last_checkpoint = last_complete_checkpoint(out, move_incomplete=training_args.should_save)
             if last_checkpoint is not None:
                 logger.warning("resuming from %s", last_checkpoint)
     if training_args.should_save:
@@ -97,6 +99,46 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
         facts = run_facts(run_args.recipe, run_args.config_file, training_args.world_size)
         _atomic_write(out / RUN_FACTS, json.dumps(facts, indent=1))
     return last_checkpoint
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    # Trainer writes trainer_state.json last, so a checkpoint killed mid-write lacks a valid one.
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("adapter_model.*"))
+
+
+def last_complete_checkpoint(out: Path, move_incomplete: bool = True) -> str | None:
+    """The newest checkpoint that was completely written; incomplete ones are renamed
+    `incomplete-checkpoint-N` (kept, never resumed from, never rotated)."""
+    while (last := get_last_checkpoint(str(out))) is not None:
+        if _is_complete(Path(last)):
+            return last
+        if not move_incomplete:
+            return None
+        logger.warning("%s was not completely written (killed mid-save?); not resuming from it", last)
+        target = Path(last).with_name(f"incomplete-{Path(last).name}")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(last, target)
+    return None
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stop with a TrainingError before a NaN/inf gradient reaches the weights, so every
+    checkpoint on disk stays finite. Skipped under fp16, whose loss scaler handles inf steps."""
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        if args.fp16:
+            return
+        grads = [p.grad for p in kwargs["model"].parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum()):
+            raise TrainingError(
+                f"the loss or its gradients became NaN/inf at step {state.global_step + 1}; the last "
+                "checkpoint in output_dir is intact. Lower learning_rate, check the data for NaN labels, "
+                "or use bf16 instead of fp16"
+            )
 
 
 @contextlib.contextmanager
@@ -133,6 +175,8 @@ def train_and_evaluate(
     `training_curves.png` plots the logged loss and eval metrics. Returns all metrics.
     """
     args = trainer.args
+    if not any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(NonFiniteLossGuard())
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model()
     trainer.save_state()

@@ -10,7 +10,6 @@ regression (one output, MSE loss). Keys are the fields below plus TrainingArgume
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +26,10 @@ from transformers import (
 )
 
 from recipes_lib.config import RunArguments, parse_config
-from recipes_lib.data import DataArguments, detect_text_columns, load_splits
-from recipes_lib.errors import DataError, exit_on_error
+from recipes_lib.data import DataArguments, detect_text_columns, load_splits, require_labels
+from recipes_lib.errors import DataError, exit_on_error, loading_model
 from recipes_lib.metrics import classification_metrics, regression_metrics
 from recipes_lib.training import prepare_output_dir, setup_logging, train_and_evaluate
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     text_col, pair_col, label_col = detect_text_columns(
         raw["train"], model_args.text_column, model_args.text_pair_column, model_args.label_column
     )
+    require_labels(raw, label_col)
 
     # ---- Labels: ClassLabel names, else the sorted distinct values; floats mean regression.
     feature = raw["train"].features[label_col]
@@ -96,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise DataError(f"validation labels {unseen[:5]} never occur in train (train has {label_names})")
 
     # ---- Tokenise: truncate only; padding happens per batch in the collator.
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.tokenizer_name or model_args.model_name_or_path,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    with loading_model(tokenizer_name):  # a missing folder or Hub id: one clear error line
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_name, trust_remote_code=model_args.trust_remote_code
+        )
     max_length = min(model_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess(batch: dict) -> dict:
