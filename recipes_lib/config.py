@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import enum
 import importlib.util
+import os
 import sys
 import types
 import typing
@@ -82,6 +83,7 @@ def parse_config(
     if unknown:
         key, hint = _describe_unknown(unknown[0], fields)
         raise ConfigError(f"unknown key {key} in {config_path}{hint}")
+    values = {key: expand_vars(value) for key, value in values.items()}
     coerced = {key: coerce_value(key, value, fields[key]) for key, value in values.items()}
     if "report_to" in fields and "report_to" not in coerced and tensorboard_available():
         coerced["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
@@ -107,6 +109,16 @@ def parse_config(
         if isinstance(args, TrainingArguments):
             check_training_ranges(args)
     return tuple(parsed)
+
+
+def expand_vars(value: Any) -> Any:
+    """`${VAR}` and `~` in YAML strings, so configs can name machine-specific folders.
+    `${RECIPES_CACHE}` defaults to the asset cache (~/.cache/recipes) when unset."""
+    if not isinstance(value, str) or ("$" not in value and not value.startswith("~")):
+        return value
+    if "RECIPES_CACHE" in value and not os.environ.get("RECIPES_CACHE"):
+        value = value.replace("${RECIPES_CACHE}", str(Path.home() / ".cache" / "recipes"))
+    return os.path.expanduser(os.path.expandvars(value))
 
 
 def tensorboard_available() -> bool:

@@ -192,6 +192,7 @@ def train_and_evaluate(
         eval_metrics = dict(output.metrics)
         eval_metrics["eval_samples"] = len(trainer.eval_dataset)
         eval_metrics.update(extra_metrics or {})
+        eval_metrics.update(_metrics_before_training(trainer.state.log_history))
         if derived_metrics is not None:
             eval_metrics.update(derived_metrics(eval_metrics))
         trainer.log_metrics("eval", eval_metrics)
@@ -217,6 +218,15 @@ def train_and_evaluate(
             logger.warning("model card not written: %s", err)
         print_metrics(metrics)
     return metrics
+
+
+def _metrics_before_training(log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    # `eval_on_start: true` evaluates at step 0; keep those as eval_<name>_before beside the final ones.
+    first = next((e for e in log_history if e.get("step") == 0 and "eval_loss" in e), None)
+    if first is None:
+        return {}
+    return {f"{k}_before": v for k, v in first.items() if k.startswith("eval_") and not k.endswith(
+        ("_runtime", "_per_second"))}  # fmt: skip
 
 
 def _append_to_model_card(out: Path, metrics: dict[str, float]) -> None:

@@ -54,6 +54,14 @@ def test_single_sentence_classification_learns_and_saves_a_usable_model(tiny_ber
     assert classify("a dull and dreadful plot")[0]["label"] == "negative"
 
 
+def test_eval_on_start_records_the_metrics_before_fine_tuning(tiny_bert, sentiment_csvs, tmp_path):
+    metrics = run(tiny_bert, *sentiment_csvs, tmp_path / "out", "--eval_on_start", "true")
+    results = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert results["eval_accuracy_before"] < 0.7 and results["eval_accuracy"] >= 0.9
+    assert results["eval_accuracy"] == metrics["eval_accuracy"]
+    assert results["eval_loss_before"] > results["eval_loss"]
+
+
 def test_sentence_pairs_are_encoded_as_pairs(tiny_bert, pair_csvs, tmp_path):
     # Learning which segment holds the animal takes a few epochs before it clicks; 10 leave margin.
     metrics = run(tiny_bert, *pair_csvs, tmp_path / "out", "--num_train_epochs", "10")

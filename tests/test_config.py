@@ -111,3 +111,13 @@ def test_tensorboard_is_on_by_default_only_when_installed(tmp_path, monkeypatch)
     assert _parse(tmp_path, BASE, ["--report_to", "none"])[2].report_to == []
     monkeypatch.setattr(config, "tensorboard_available", lambda: False)
     assert _parse(tmp_path, BASE)[2].report_to == []
+
+
+def test_config_strings_expand_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.delenv("RECIPES_CACHE", raising=False)
+    data, _, _ = _parse(tmp_path, "train_file: ${DATA_ROOT}/t.csv\nvalidation_file: ${RECIPES_CACHE}/v.csv\n")
+    assert data.train_file == str(tmp_path / "data" / "t.csv")
+    assert data.validation_file == str(Path.home() / ".cache" / "recipes" / "v.csv")
+    monkeypatch.setenv("RECIPES_CACHE", "/somewhere")
+    assert _parse(tmp_path, "train_file: ${RECIPES_CACHE}/t.csv\n")[0].train_file == "/somewhere/t.csv"
