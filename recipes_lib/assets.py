@@ -113,3 +113,60 @@ def unpack(archive: Path, dest: Path) -> None:
             tf.extractall(dest, filter="data")
     else:
         raise RecipeError(f"cannot unpack {archive.name}")
+
+
+def convert_gguf(name: str = "smollm2-gguf", cache: str | os.PathLike | None = None) -> Path:
+    """A plain safetensors folder (model + tokenizer) converted once from GGUF asset `name`.
+
+    transformers dequantises the GGUF to float32 on every load (about 30 s for SmolLM2-135M);
+    the converted folder loads with `AutoModelForCausalLM.from_pretrained(folder)` in seconds
+    and without the `gguf` package. It is written into a temporary folder and renamed into
+    place only when complete, next to the asset in the cache, so a killed conversion is redone.
+    """
+    source = fetch(name, cache)
+    gguf_files = sorted(source.glob("*.gguf"))
+    if not gguf_files:
+        raise RecipeError(f"asset {name!r} holds no .gguf file in {source}")
+    root = asset_root(name, cache).with_name(f"{asset_root(name, cache).name}-safetensors")
+    if (root / COMPLETE_MARKER).is_file():
+        return root
+    if root.exists():  # a conversion that died midway: never use it
+        shutil.rmtree(root)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig  # heavy: import when needed
+
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as tmp:
+        work = Path(tmp) / "model"
+        gguf_file = gguf_files[0].name
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        # dequantize=True gives plain float32 weights. A GGUF model loaded without it keeps its
+        # quantizer (weights packed when a GGUF kernel is available) and save_pretrained refuses it.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
+            del model.config.quantization_config
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        (work / COMPLETE_MARKER).write_text(f"converted from {gguf_file}\n")
+        os.replace(work, root)
+    return root
+
+
+DIGITS_FOLDER = "digits-imagefolder-32"
+
+
+def prepare_all(cache: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Fetch every asset, convert the GGUF SmolLM2 to safetensors, and write the digits images.
+
+    Each step is skipped when already complete, so a second call returns at once.
+    """
+    from recipes_lib.images import write_digits_imagefolder, write_resnet_config_folder  # import when needed
+
+    paths = {name: fetch(name, cache) for name in ASSETS}
+    paths["smollm2"] = convert_gguf("smollm2-gguf", cache)
+    paths["digits"] = write_digits_imagefolder(cache_dir(cache) / DIGITS_FOLDER, size=32)
+    paths["resnet-small"] = write_resnet_config_folder(
+        cache_dir(cache) / "resnet-small-config", image_size=32
+    )
+    return paths

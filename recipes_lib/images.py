@@ -174,3 +174,33 @@ def _digits_written(dest: Path, settings: dict[str, Any]) -> bool:
             f"{dest} holds digits written with {written}, not {settings}; pick another dest"
         )
     return True
+
+
+def write_resnet_config_folder(dest: Path, image_size: int = 32) -> Path:
+    """A model folder holding only a small ResNet's config and an image processor, for
+    `from_scratch: true` runs where no pretrained weights exist (the offline demo).
+
+    ResNet-18's basic blocks at a quarter of the width (about 0.7M parameters): big enough to
+    learn 32x32 digits in a few epochs on a CPU. No weights are written, so it cannot be
+    mistaken for a pretrained checkpoint. Idempotent.
+    """
+    from transformers import ConvNextImageProcessor, ResNetConfig
+
+    dest = Path(dest)
+    if (dest / "config.json").is_file() and (dest / "preprocessor_config.json").is_file():
+        return dest
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent if dest.parent.exists() else None)
+    )
+    config = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[2, 2, 2, 2], layer_type="basic"
+    )
+    config.save_pretrained(tmp)
+    ConvNextImageProcessor(  # the processor class microsoft/resnet-50 uses, at the images' own size
+        size={"shortest_edge": image_size}, crop_pct=1.0,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(tmp)  # fmt: skip
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
