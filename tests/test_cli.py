@@ -181,3 +181,37 @@ def test_readme_command_parses(readme, command, tmp_path):
         argv,
         default_config=recipe_dir / "config.yaml",
     )
+
+
+@pytest.mark.parametrize("recipe", ["gpt_clm", "resnet_img"])
+def test_new_copies_of_the_other_recipes_run_from_anywhere(recipe, tmp_path):
+    assert cli.main(["new", f"my_{recipe}", "--from", recipe, "--dest", str(tmp_path)]) == 0
+    copy = tmp_path / f"my_{recipe}" / "run.py"
+    common = ["--num_train_epochs", "3", "--use_cpu", "true", "--eval_strategy", "no", "--save_strategy",
+              "no", "--output_dir", "out", "--learning_rate", "3e-3"]  # fmt: skip
+    if recipe == "gpt_clm":
+        from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
+
+        model = build_tiny_gpt2(tmp_path / "model")
+        data = write_lines(tmp_path / "train.txt", pattern_lines(300, seed=71))
+        args = ["--model_name_or_path", str(model), "--train_file", str(data), "--block_size", "32"]
+        metric = "perplexity"
+    else:
+        from fixtures_img import build_tiny_resnet, write_colour_folder
+
+        model = build_tiny_resnet(tmp_path / "model", size=32)
+        data = write_colour_folder(tmp_path / "images", 40, seed=72)
+        args = ["--model_name_or_path", str(model), "--train_dir", str(data), "--dataloader_num_workers", "0"]
+        metric = "eval_accuracy"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(copy), *args, *common], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((workdir / "out" / "all_results.json").read_text())
+    assert json.loads((workdir / "out" / "run_info.json").read_text())["recipe"] == f"my_{recipe}"
+    if metric == "perplexity":
+        assert results["perplexity"] < results["perplexity_before"] / 2
+    else:
+        assert results["eval_accuracy"] >= 0.9

@@ -91,3 +91,65 @@ def test_every_accelerate_config_loads_with_accelerates_loader(path):
         assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if config.distributed_type.value == "DEEPSPEED":
         assert config.deepspeed_config["zero_stage"] in (2, 3)
+
+
+# ---- gpt_clm and resnet_img: the same launch, with dropout / batch norm, so metrics are close, not equal
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "all_results.json").read_text())
+
+
+def test_gpt_clm_two_processes(tmp_path):
+    from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
+
+    model = build_tiny_gpt2(tmp_path / "model")
+    train = write_lines(tmp_path / "train.txt", pattern_lines(400, seed=51))
+    dev = write_lines(tmp_path / "dev.txt", pattern_lines(101, seed=52))
+    run_py = str(REPO / "recipes" / "gpt_clm" / "run.py")
+    args = ["--model_name_or_path", str(model), "--train_file", str(train), "--validation_file", str(dev),
+            "--block_size", "32", "--num_train_epochs", "1", "--learning_rate", "3e-3", "--use_cpu", "true",
+            "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
+    launch(
+        [sys.executable, run_py, *args, "--per_device_train_batch_size", "16", "--output_dir", "one"],
+        tmp_path,
+    )
+    two_processes = [*LAUNCHERS["accelerate"], run_py, *args, "--per_device_train_batch_size", "8"]
+    launch([*two_processes, "--output_dir", "two"], tmp_path)
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
+    assert two["eval_samples"] == one["eval_samples"]  # every eval block counted once
+    assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=0.01)
+    assert two["perplexity"] < two["perplexity_before"] / 2
+    assert two["perplexity"] == pytest.approx(one["perplexity"], rel=0.15)
+    assert (tmp_path / "two" / "sample.txt").is_file()
+
+
+def test_resnet_img_two_processes(tmp_path):
+    from fixtures_img import build_tiny_resnet, write_colour_folder
+
+    model = build_tiny_resnet(tmp_path / "model", size=32)
+    train = write_colour_folder(tmp_path / "train", 30, seed=61)
+    val = write_colour_folder(tmp_path / "val", 17, seed=62)  # 102 images, 101 used
+    run_py = str(REPO / "recipes" / "resnet_img" / "run.py")
+    args = ["--model_name_or_path", str(model), "--from_scratch", "true", "--train_dir", str(train),
+            "--validation_dir", str(val), "--max_eval_samples", "101", "--num_train_epochs", "3",
+            "--learning_rate", "3e-3", "--use_cpu", "true", "--eval_strategy", "no", "--save_strategy", "no",
+            "--report_to", "none", "--dataloader_num_workers", "0"]  # fmt: skip
+    launch(
+        [sys.executable, run_py, *args, "--per_device_train_batch_size", "16", "--output_dir", "one"],
+        tmp_path,
+    )
+    two_processes = [*LAUNCHERS["accelerate"], run_py, *args, "--per_device_train_batch_size", "8"]
+    launch([*two_processes, "--output_dir", "two"], tmp_path)
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
+    predictions = [
+        json.loads(x) for x in (tmp_path / "two" / "eval_predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(predictions) == 101 and len({p["image"] for p in predictions}) == 101
+    matrix = json.loads((tmp_path / "two" / "confusion_matrix.json").read_text())["matrix"]
+    assert sum(map(sum, matrix)) == 101
+    assert two["eval_accuracy"] >= 0.9 and two["eval_accuracy"] == pytest.approx(
+        one["eval_accuracy"], abs=0.05
+    )
