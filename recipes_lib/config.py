@@ -44,6 +44,13 @@ class RunArguments:
             "(otherwise a checkpoint is resumed and a finished run is never overwritten)."
         },
     )
+    allow_pickle_checkpoints: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Load a local model folder that holds only pickle weights (pytorch_model.bin, *.pt). "
+            "Pickle files can run code when loaded; convert them to safetensors instead when you can."
+        },
+    )
     # Filled in by parse_config, not settable as keys.
     recipe: str | None = dataclasses.field(default=None, init=False)
     explicit_keys: list[str] = dataclasses.field(default_factory=list, init=False)

@@ -28,7 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from recipes_lib.config import RunArguments, resolved_config
-from recipes_lib.errors import OutputDirError, TrainingError
+from recipes_lib.errors import ModelError, OutputDirError, TrainingError
 from recipes_lib.reporting import RUN_FACTS, plot_training_curves, run_facts, write_confusion_matrix
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
     another configuration, or files that are not a run raises OutputDirError unless
     `overwrite_output_dir` is set.
     """
+    for args in parsed:
+        if hasattr(args, "model_name_or_path"):
+            refuse_pickle_only_model(args.model_name_or_path, run_args.allow_pickle_checkpoints)
     out = Path(training_args.output_dir)
     config = resolved_config(*parsed)
     comparable = {k: v for k, v in config.items() if k not in ("overwrite_output_dir", "expected")}
@@ -99,6 +102,21 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
         facts = run_facts(run_args.recipe, run_args.config_file, training_args.world_size)
         _atomic_write(out / RUN_FACTS, json.dumps(facts, indent=1))
     return last_checkpoint
+
+
+def refuse_pickle_only_model(name_or_path: str, allow_pickle: bool) -> None:
+    """A local model folder with pickle weights and no safetensors is refused unless allowed:
+    unpickling can run arbitrary code. (Hub ids: transformers picks safetensors when the repo
+    has them.)"""
+    folder = Path(name_or_path)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
+    if pickles:
+        raise ModelError(
+            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+            "loaded; convert them to safetensors, or pass --allow_pickle_checkpoints true if you trust them"
+        )
 
 
 def _is_complete(checkpoint: Path) -> bool:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, load_recipe
 from fixtures import write_csv
+from safetensors.torch import load_file
 from transformers import AutoConfig, pipeline
 
 from recipes_lib.errors import ConfigError, DataError, OutputDirError
@@ -84,6 +86,9 @@ def test_same_seed_same_metrics_and_other_seed_differs(tiny_bert, sentiment_csvs
     c = run(tiny_bert, *sentiment_csvs, tmp_path / "c", *short, "--seed", "7")
     assert a["eval_loss"] == b["eval_loss"] and a["train_loss"] == b["train_loss"]
     assert a["eval_loss"] != c["eval_loss"]
+    weights = {name: load_file(tmp_path / name / "model.safetensors") for name in "abc"}
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
 
 
 def test_rerun_resumes_from_the_last_checkpoint_and_matches(tiny_bert, sentiment_csvs, tmp_path):

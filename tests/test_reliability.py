@@ -114,6 +114,10 @@ def bad_inputs(tmp):
     (tmp / "empty.csv").write_text("text,label\n")
     (tmp / "data.xlsx").write_text("not supported")
     cols = str(tmp / "cols.csv")
+    pickle_model = tmp / "pickle_model"  # what an old checkpoint folder looks like
+    pickle_model.mkdir()
+    (pickle_model / "config.json").write_text("{}")
+    (pickle_model / "pytorch_model.bin").write_bytes(b"not loaded")
     return [
         ("config missing", ["--config", str(tmp / "nope.yaml")], 2, ["config file not found", "nope.yaml"]),
         ("yaml syntax", ["--config", str(tmp / "bad.yaml")], 2, ["YAML syntax error", "line 3"]),
@@ -131,12 +135,13 @@ def bad_inputs(tmp):
         ("unseen labels", ["--validation_file", str(tmp / "unseen.csv")], 3, ["zzz", "never occur in train"]),
         ("model unavailable", ["--model_name_or_path", "no-such-org/no-such-model"], 4,
          ["no-such-org/no-such-model", "HF_HUB_OFFLINE"]),
+        ("pickle weights", ["--model_name_or_path", str(pickle_model)], 4, ["pickle", "allow_pickle"]),
         ("another run", ["--learning_rate", "0.5"], 5, ["holds another run", "learning_rate"]),
         ("finished run", [], 5, ["finished run", "--overwrite_output_dir"]),
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(18))
 def test_bad_input_gets_one_line_and_an_exit_code(
     case, finished_run, tiny_bert, sentiment_csvs, tmp_path, capsys
 ):
