@@ -124,10 +124,16 @@ def _load_local(data_args: DataArguments) -> DatasetDict:
         kwargs["sep"] = "\t"
     if data_args.data_encoding and builder in ("csv", "json", "text"):
         kwargs["encoding"] = data_args.data_encoding
+    # datasets logs its own ERROR line for a file it cannot read; ours (below) says what to do.
+    builder_logger = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
+    level = builder_logger.level
+    builder_logger.setLevel(logging.CRITICAL)
     try:
         loaded = load_dataset(builder, data_files=files, **kwargs)
     except Exception as err:  # datasets wraps decoding errors in DatasetGenerationError
         raise _data_error(err, files) from err
+    finally:
+        builder_logger.setLevel(level)
     return DatasetDict(dict(loaded))
 
 
