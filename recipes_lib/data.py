@@ -211,6 +211,17 @@ def require_labels(splits: DatasetDict, label_column: str) -> None:
                 )
 
 
+def pick_column(columns: Sequence[str], configured: str | None, usual: Sequence[str], key: str) -> str:
+    """The configured column name, else the first of the usual names present; DataError naming `key`."""
+    if configured is not None:
+        return configured
+    found = next((c for c in usual if c in columns), None)
+    if found is None:
+        what = key.removesuffix("_column")
+        raise DataError(f"no {what} column found; set {key} to one of: {', '.join(columns)}")
+    return found
+
+
 def detect_text_columns(
     ds: Dataset, text_column: str | None, text_pair_column: str | None, label_column: str | None
 ) -> tuple[str, str | None, str]:
@@ -225,13 +236,8 @@ def detect_text_columns(
         if pair is not None and text_pair_column is None:
             text_column, text_pair_column = pair
         else:
-            text_column = next((c for c in SINGLE_COLUMNS if c in columns), None)
-        if text_column is None:
-            raise DataError(f"no text column found; set text_column to one of: {', '.join(columns)}")
-    if label_column is None:
-        label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
-        if label_column is None:
-            raise DataError(f"no label column found; set label_column to one of: {', '.join(columns)}")
+            text_column = pick_column(columns, None, SINGLE_COLUMNS, "text_column")
+    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label_column")
     require_columns(ds, [text_column, text_pair_column, label_column])
     return text_column, text_pair_column, label_column
 

@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict, load_dataset
 from PIL import Image as PILImage
 
-from recipes_lib.data import LABEL_COLUMNS, require_columns
+from recipes_lib.data import LABEL_COLUMNS, pick_column, require_columns
 from recipes_lib.errors import DataError
 
 DIGITS_MARKER = ".digits.json"
@@ -61,15 +61,8 @@ def open_rgb(image: Any) -> PILImage.Image:
 
 def detect_image_columns(ds: Dataset, image_column: str | None, label_column: str | None) -> tuple[str, str]:
     """Resolve (image, label) columns: the configured names, else `image`/`img` and `label`/`labels`."""
-    columns = ds.column_names
-    if image_column is None:
-        image_column = next((c for c in IMAGE_COLUMNS if c in columns), None)
-        if image_column is None:
-            raise DataError(f"no image column found; set image_column to one of: {', '.join(columns)}")
-    if label_column is None:
-        label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
-        if label_column is None:
-            raise DataError(f"no label column found; set label_column to one of: {', '.join(columns)}")
+    image_column = pick_column(ds.column_names, image_column, IMAGE_COLUMNS, "image_column")
+    label_column = pick_column(ds.column_names, label_column, LABEL_COLUMNS, "label_column")
     require_columns(ds, [image_column, label_column])
     return image_column, label_column
 

@@ -96,8 +96,13 @@ def test_every_accelerate_config_loads_with_accelerates_loader(path):
 # ---- gpt_clm and resnet_img: the same launch, with dropout / batch norm, so metrics are close, not equal
 
 
-def _results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "all_results.json").read_text())
+def one_and_two_processes(run_py: str, args: list[str], cwd: Path) -> tuple[dict, dict]:
+    """all_results of 1 process x batch 16 (in cwd/one) and 2 processes x batch 8 (in cwd/two)."""
+    launch([sys.executable, run_py, *args, "--per_device_train_batch_size", "16", "--output_dir", "one"], cwd)
+    two_processes = [*LAUNCHERS["accelerate"], run_py, *args, "--per_device_train_batch_size", "8"]
+    launch([*two_processes, "--output_dir", "two"], cwd)
+    one, two = (json.loads((cwd / d / "all_results.json").read_text()) for d in ("one", "two"))
+    return one, two
 
 
 def test_gpt_clm_two_processes(tmp_path):
@@ -110,13 +115,7 @@ def test_gpt_clm_two_processes(tmp_path):
     args = ["--model_name_or_path", str(model), "--train_file", str(train), "--validation_file", str(dev),
             "--block_size", "32", "--num_train_epochs", "1", "--learning_rate", "3e-3", "--use_cpu", "true",
             "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
-    launch(
-        [sys.executable, run_py, *args, "--per_device_train_batch_size", "16", "--output_dir", "one"],
-        tmp_path,
-    )
-    two_processes = [*LAUNCHERS["accelerate"], run_py, *args, "--per_device_train_batch_size", "8"]
-    launch([*two_processes, "--output_dir", "two"], tmp_path)
-    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    one, two = one_and_two_processes(run_py, args, tmp_path)
     assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
     assert two["eval_samples"] == one["eval_samples"]  # every eval block counted once
     assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=0.01)
@@ -136,13 +135,7 @@ def test_resnet_img_two_processes(tmp_path):
             "--validation_dir", str(val), "--max_eval_samples", "101", "--num_train_epochs", "3",
             "--learning_rate", "3e-3", "--use_cpu", "true", "--eval_strategy", "no", "--save_strategy", "no",
             "--report_to", "none", "--dataloader_num_workers", "0"]  # fmt: skip
-    launch(
-        [sys.executable, run_py, *args, "--per_device_train_batch_size", "16", "--output_dir", "one"],
-        tmp_path,
-    )
-    two_processes = [*LAUNCHERS["accelerate"], run_py, *args, "--per_device_train_batch_size", "8"]
-    launch([*two_processes, "--output_dir", "two"], tmp_path)
-    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    one, two = one_and_two_processes(run_py, args, tmp_path)
     assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
     predictions = [
         json.loads(x) for x in (tmp_path / "two" / "eval_predictions.jsonl").read_text().splitlines()
