@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recipes_lib import assets, reporting
-from recipes_lib.config import load_yaml
+from recipes_lib import assets, reporting, search, study
+from recipes_lib.config import find_config, load_yaml
 from recipes_lib.errors import RecipeError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -150,6 +150,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_dir(name: str) -> Path:
+    recipes = {p.name: p for p in recipe_dirs()}
+    if name not in recipes:
+        raise RecipeError(f"no recipe {name!r}; choose from {', '.join(recipes)}")
+    return recipes[name]
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    recipe = _recipe_dir(args.recipe)
+    config = find_config(args.config, recipe / "config.yaml").resolve()
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    out = Path(args.output or f"outputs/study/{recipe.name}")
+    rows = study.run_study(
+        recipe / "run.py", config, strategies, out, args.metric, args.overrides, args.overwrite
+    )
+    print(f"\n{recipe.name} with {config.name}, seed and data shared by every strategy:\n")
+    print(study.format_table(rows))
+    print(f"study: {out / study.STUDY_JSON}\ncurves: {out / study.STUDY_PNG}")
+    return 1 if any("error" in row for row in rows) else 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    recipe = _recipe_dir(args.recipe)
+    config = find_config(args.config, recipe / "config.yaml").resolve()
+    spec = search.parse_sweep(load_yaml(config).get("sweep"), args.trials)
+    out = Path(args.output or f"outputs/sweep/{recipe.name}")
+    trials_dir = out / "trials"
+    module = _import_recipe(recipe)
+    with search.sweeping(spec):  # the recipe's train_and_evaluate runs the search
+        module.main(["--config", str(config), "--output_dir", str(trials_dir), *args.overrides])
+    results = spec.results
+    (out / "sweep.json").write_text(json.dumps(results, indent=1))
+    best_yaml = search.write_best_config(
+        trials_dir / "resolved_config.yaml", results, out / "best.yaml", out / "best", recipe / "run.py"
+    )
+    print(f"\n{search.format_trials(results)}")
+    print(f"trials: {out / 'sweep.json'}\nbest config: {best_yaml}; train it with")
+    print(f"  accelerate launch {recipe / 'run.py'} --config {best_yaml}")
+    return 0
+
+
+def _import_recipe(recipe: Path):  # noqa: ANN202 - the recipe's run.py as a module
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{recipe.name}", recipe / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
 def _num(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
@@ -176,11 +227,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help=f"assets to fetch (default: all of {', '.join(assets.ASSETS)})")
     p.add_argument("--cache", help="cache folder (default: $RECIPES_CACHE or ~/.cache/recipes)")
     p.set_defaults(fn=cmd_assets)
+    p = sub.add_parser(
+        "study",
+        help="one recipe under several strategies (full, lora, freeze, scratch), side by side",
+        epilog="Other --key value options go to every run, e.g. --max_train_samples 500.",
+    )
+    p.add_argument("recipe", help="recipe name (see `recipes list`)")
+    p.add_argument("--config", help="the recipe's YAML (default: its config.yaml)")
+    p.add_argument(
+        "--strategies",
+        default="full,lora,freeze,scratch",
+        help=f"comma-separated: {', '.join(study.STRATEGIES)}",
+    )
+    p.add_argument(
+        "--output", help="folder for the runs, study.json and the curves (default: outputs/study/RECIPE)"
+    )
+    p.add_argument(
+        "--metric", help="metric to compare (default: the config's expected metric or metric_for_best_model)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="rerun strategies whose folders hold finished runs"
+    )
+    p.set_defaults(fn=cmd_study, takes_overrides=True)
+    p = sub.add_parser(
+        "sweep",
+        help="hyperparameter search (Optuna) over the config's sweep: space; writes the best config as YAML",
+        epilog="Other --key value options go to the recipe, e.g. --max_train_samples 500.",
+    )
+    p.add_argument("recipe", help="recipe name (see `recipes list`)")
+    p.add_argument("--config", help="the recipe's YAML with a sweep: block (default: its config.yaml)")
+    p.add_argument("--trials", type=int, help="number of trials (default: sweep.trials in the config)")
+    p.add_argument(
+        "--output", help="folder for the trials, sweep.json and best.yaml (default: outputs/sweep/RECIPE)"
+    )
+    p.set_defaults(fn=cmd_sweep, takes_overrides=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
     try:
         return args.fn(args)
     except RecipeError as err:

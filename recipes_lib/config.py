@@ -29,8 +29,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from recipes_lib.errors import ConfigError
 
-# Keys a YAML file may carry that are not arguments: read by `recipes report`.
-NON_ARGUMENT_KEYS = ("expected",)
+# Keys a YAML file may carry that are not arguments: read by `recipes report`, `study` and `sweep`.
+NON_ARGUMENT_KEYS = ("expected", "study", "sweep")
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ def parse_config(
     config_arg, argv = _pop_config_flag(argv)
     argv = [a for i, a in enumerate(argv) if not _is_bare_debug(argv, i)]
 
-    config_path = _find_config(config_arg, default_config)
+    config_path = find_config(config_arg, default_config)
     values = load_yaml(config_path) if config_path else {}
     extras = {key: values.pop(key) for key in NON_ARGUMENT_KEYS if key in values}
 
@@ -337,7 +337,9 @@ def _is_bare_debug(argv: list[str], i: int) -> bool:
     return argv[i] == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
 
 
-def _find_config(config_arg: str | None, default_config: str | Path | None) -> Path | None:
+def find_config(config_arg: str | None, default_config: str | Path | None) -> Path | None:
+    """The YAML file `--config config_arg` names: tried from the working folder, then next to
+    `default_config`; without `config_arg`, `default_config` itself."""
     if config_arg is None:
         if default_config is None:
             return None

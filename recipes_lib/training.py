@@ -23,13 +23,15 @@ import torch
 import transformers
 import yaml
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from recipes_lib.config import RunArguments, resolved_config
 from recipes_lib.errors import ModelError, OutputDirError, TrainingError
 from recipes_lib.reporting import RUN_FACTS, plot_training_curves, run_facts, write_confusion_matrix
+from recipes_lib.search import active_sweep, run_search
+from recipes_lib.strategies import PeakMemory, StrategyArguments, merge_lora_into, parameter_counts
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +182,7 @@ def train_and_evaluate(
     model_card: dict[str, Any] | None = None,
     derived_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
     label_names: Sequence[str] | None = None,
+    strategy: StrategyArguments | None = None,
 ) -> dict[str, float]:
     """Train (resuming if asked), save model + state, evaluate, and write results.
 
@@ -190,17 +193,34 @@ def train_and_evaluate(
     `Trainer.create_model_card` (finetuned_from, dataset, tasks, ...). `derived_metrics` maps
     the eval metrics to more metrics saved with them (e.g. perplexity from eval_loss). With
     `label_names` (classification) a confusion matrix is written as JSON and PNG.
-    `training_curves.png` plots the logged loss and eval metrics. Returns all metrics.
+    `training_curves.png` plots the logged loss and eval metrics. `strategy` adds early
+    stopping and merges LoRA adapters into the saved model (see `recipes_lib.strategies`).
+    The train metrics include `trainable_params`, `total_params` and `peak_memory_mb`.
+    Inside `recipes_lib.search.sweeping(...)`, runs the hyperparameter search instead.
+    Returns all metrics.
     """
     args = trainer.args
+    strategy = strategy or StrategyArguments()
     if not any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callback_handler.callbacks):
         trainer.add_callback(NonFiniteLossGuard())
+    if strategy.early_stopping_patience is not None:
+        trainer.add_callback(
+            EarlyStoppingCallback(strategy.early_stopping_patience, strategy.early_stopping_threshold)
+        )
+    if (sweep := active_sweep()) is not None:
+        return run_search(trainer, sweep)
+    peak = PeakMemory()
+    trainer.add_callback(peak)
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainable, total = parameter_counts(trainer.model)
     trainer.save_model()
     trainer.save_state()
     out = Path(args.output_dir)
     metrics: dict[str, float] = dict(train_result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)
+    metrics.update(
+        trainable_params=trainable, total_params=total, peak_memory_mb=round(peak.peak_mb or 0.0, 1)
+    )
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
 
@@ -227,6 +247,8 @@ def train_and_evaluate(
         trainer.save_metrics("eval", extra_metrics)
         metrics.update(extra_metrics)
 
+    if strategy.merge_lora and args.should_save:  # after evaluation: the adapter model is left as trained
+        merge_lora_into(args.output_dir, trainer.model)
     if args.should_save:
         plot_training_curves(trainer.state.log_history, out / "training_curves.png")
         try:

@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from recipes_lib import cli
 from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.reporting import report_row
+from recipes_lib.strategies import StrategyArguments
 
 RECIPES = sorted(p.parent.name for p in REPO.glob("recipes/*/run.py"))
 TINY_BERT_ARGS = ["--learning_rate", "1e-3", "--per_device_train_batch_size", "16", "--use_cpu", "true",
@@ -162,9 +163,14 @@ def test_readme_command_parses(readme, command, tmp_path):
         assert set(words[1:]) <= set(targets), f"unknown make target in {readme}: {command}"
         return
     if words[0] == "recipes":
-        cli.build_parser().parse_args(words[1:])
-        return
-    run_py = next((w for w in words if w.endswith("run.py")), None)
+        args, overrides = cli.build_parser().parse_known_args(words[1:])
+        if not overrides:
+            return
+        assert getattr(args, "takes_overrides", False), f"unknown options in {readme}: {command}"
+        run_py = f"recipes/{args.recipe}/run.py"  # the options go to the recipe: parse them as it does
+        words = ["python", run_py, *(["--config", args.config] if args.config else []), *overrides]
+    else:
+        run_py = next((w for w in words if w.endswith("run.py")), None)
     assert words[0] in ("python", "accelerate", "torchrun", "sbatch") and run_py, f"unrecognised: {command}"
     for flag, launcher_file in zip(words, words[1:], strict=False):
         if flag == "--config_file" or (flag == "sbatch" and launcher_file.endswith(".sh")):
@@ -177,7 +183,7 @@ def test_readme_command_parses(readme, command, tmp_path):
         return
     recipe = load_recipe(recipe_dir.name)
     parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
+        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         argv,
         default_config=recipe_dir / "config.yaml",
     )

@@ -8,9 +8,12 @@ import pytest
 from conftest import REPO, load_recipe
 from transformers import TrainingArguments
 
-from recipes_lib.config import RunArguments, parse_config, resolved_config
+from recipes_lib.config import RunArguments, load_yaml, parse_config, resolved_config
 from recipes_lib.data import DataArguments
 from recipes_lib.errors import ConfigError
+from recipes_lib.search import parse_sweep
+from recipes_lib.strategies import StrategyArguments
+from recipes_lib.study import strategy_argv
 
 SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
 
@@ -83,13 +86,25 @@ def test_resolved_config_parses_back_to_the_same_arguments(tmp_path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_parses(path):
     recipe = load_recipe(path.relative_to(REPO).parts[1])
-    model_args, data_args, run_args, training_args = parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
+    model_args, data_args, strategy_args, run_args, training_args = parse_config(
+        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         ["--config", str(path)],
     )
     assert training_args.output_dir and model_args.model_name_or_path
     if run_args.expected is not None:  # baseline configs say what they should reach and where from
         assert {"metric", "value", "tolerance", "source"} <= set(run_args.expected)
+    # The main metric names a metric the recipe reports; sweep and study blocks are valid.
+    assert training_args.metric_for_best_model in ("accuracy", "f1", "pearson", "loss")
+    raw = load_yaml(path)
+    if "sweep" in raw:
+        spec = parse_sweep(raw["sweep"])
+        assert spec.trials >= 1 and spec.space
+    for strategy, overrides in (raw.get("study") or {}).items():  # each strategy's keys parse too
+        parsed = parse_config(
+            (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
+            ["--config", str(path), *strategy_argv(strategy, raw)],
+        )
+        assert all(getattr(parsed[-1], k) == v for k, v in overrides.items() if hasattr(parsed[-1], k))
 
 
 def test_config_relative_to_the_recipe_folder():

@@ -273,3 +273,21 @@ def test_interrupted_gguf_conversion_is_redone_not_used(tmp_path, monkeypatch):
     assert sorted(p.name for p in converted.iterdir()) == [".complete", "model.json", "tokenizer.json"]
     assert loads[1:] == [("model", "m.gguf"), ("tokenizer", "m.gguf")]
     assert assets.convert_gguf("smollm2-gguf", tmp_path) == converted and len(loads) == 3  # cached
+
+
+def test_freeze_backbone_trains_an_untied_output_layer_only(tiny_gpt2, pattern_txt, tmp_path):
+    # gpt2 ties its output layer to the input embeddings, so freezing the backbone would leave nothing
+    # to train: the output layer gets its own copy, which trains while every backbone weight stays put.
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(tiny_gpt2), "--train_file", str(pattern_txt), "--block_size", "32",
+            "--freeze_backbone", "true", "--output_dir", str(out), *TINY,
+            "--learning_rate", "1e-2"]  # fmt: skip
+    metrics = gpt_clm.main(argv)
+    assert metrics["perplexity"] < 0.8 * metrics["perplexity_before"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    tuned = AutoModelForCausalLM.from_pretrained(out)
+    assert metrics["trainable_params"] == base.lm_head.weight.numel()
+    for name, tensor in base.transformer.state_dict().items():
+        assert torch.equal(tensor, tuned.transformer.state_dict()[name]), name
+    assert not torch.equal(tuned.lm_head.weight, tuned.transformer.wte.weight)  # saved untied, reloads so
+    assert not torch.equal(tuned.lm_head.weight, base.lm_head.weight)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import REPO, load_recipe
 from datasets import ClassLabel, Dataset, Features
 from datasets import Image as HFImage
@@ -103,6 +104,30 @@ def test_image_folders_train_a_classifier_that_pipeline_loads_with_class_names(
     for p in predictions[::7]:
         top = classify(p["image"])[0]
         assert top["label"] == p["prediction"] and top["score"] == pytest.approx(p["score"], abs=0.02)
+
+
+def test_lora_on_convolutions_merges_into_a_model_pipeline_loads(tiny_resnet, colours, tmp_path):
+    # ResNet is not in peft's table of default targets: the recipe adapts every convolution and
+    # trains the new classifier beside the adapters; merge_lora saves one plain model.
+    out = tmp_path / "out"
+    metrics = run(tiny_resnet, *colours, out, "--use_lora", "true", "--merge_lora", "true",
+                  "--learning_rate", "1e-2")  # fmt: skip
+    assert metrics["eval_accuracy"] >= 0.9
+    assert metrics["trainable_params"] < metrics["total_params"] / 2
+    assert (out / "model.safetensors").is_file() and not (out / "adapter_config.json").exists()
+    predictions = read_jsonl(out / "eval_predictions.jsonl")
+    classify = pipeline("image-classification", model=str(out))  # no peft involved
+    for p in predictions[::5]:
+        assert classify(p["image"])[0]["label"] == p["prediction"]
+
+
+def test_sgd_with_momentum_is_a_config_choice(tiny_resnet, colours, tmp_path):
+    out = tmp_path / "out"
+    metrics = run(tiny_resnet, *colours, out, "--optim", "sgd", "--optim_args", "momentum=0.9",
+                  "--learning_rate", "0.05")  # fmt: skip
+    assert metrics["eval_accuracy"] >= 0.9
+    saved = yaml.safe_load((out / "resolved_config.yaml").read_text())
+    assert saved["optim"] == "sgd" and saved["optim_args"] == "momentum=0.9"
 
 
 def test_digits_from_scratch_learn_well_above_chance(tiny_resnet, digits, tmp_path):

@@ -29,6 +29,7 @@ from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, detect_text_columns, load_splits, require_labels
 from recipes_lib.errors import DataError, exit_on_error, loading_model
 from recipes_lib.metrics import classification_metrics, regression_metrics
+from recipes_lib.strategies import StrategyArguments, apply_strategy
 from recipes_lib.training import prepare_output_dir, setup_logging, train_and_evaluate
 
 
@@ -60,15 +61,14 @@ class ModelArguments:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
-    model_args, data_args, run_args, training_args = parse_config(
-        (ModelArguments, DataArguments, RunArguments, TrainingArguments),
+    parsed = parse_config(
+        (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
     )
+    model_args, data_args, strategy_args, run_args, training_args = parsed
     setup_logging(training_args)
-    last_checkpoint = prepare_output_dir(
-        training_args, run_args, model_args, data_args, run_args, training_args
-    )
+    last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
 
     # ---- Data: Hub dataset or local csv/json/parquet; validation carved from train if missing.
     raw = load_splits(data_args, seed=training_args.seed)
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
             trust_remote_code=model_args.trust_remote_code,
         )
+    # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone); early stopping.
+    model = apply_strategy(model, strategy_args, training_args, task_type="SEQ_CLS")
 
     # ---- Metrics: computed locally (sklearn/scipy), so they work offline.
     if is_regression:
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     return train_and_evaluate(
         trainer, last_checkpoint, eval_inputs=eval_inputs, decode_predictions=decode, model_card=card,
-        label_names=label_names or None,
+        label_names=label_names or None, strategy=strategy_args,
     )  # fmt: skip
 
 

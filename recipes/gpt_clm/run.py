@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 
-from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,7 +28,8 @@ from transformers import (
 
 from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, load_splits, require_columns
-from recipes_lib.errors import DataError, exit_on_error
+from recipes_lib.errors import DataError, exit_on_error, loading_model
+from recipes_lib.strategies import StrategyArguments, apply_strategy
 from recipes_lib.training import prepare_output_dir, setup_logging, train_and_evaluate
 
 logger = logging.getLogger(__name__)
@@ -46,20 +46,12 @@ class ModelArguments:
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep the line breaks of .txt files."})
     sample_prompt: str | None = field(default=None, metadata={"help": "Continued in output_dir/sample.txt."})
     sample_max_new_tokens: int = field(default=50, metadata={"help": "Length of the sample in tokens."})
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scale: updates are multiplied by alpha/r."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] | None = field(default=None, metadata={"help": "null: peft's default."})
-    merge_lora: bool = field(default=False, metadata={"help": "Save the adapter merged into the weights."})
 
     def __post_init__(self) -> None:
-        for key in ("block_size", "sample_max_new_tokens", "lora_r"):
+        for key in ("block_size", "sample_max_new_tokens"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be >= 1, got {value}")
-        if self.merge_lora and not self.use_lora:
-            raise ValueError("merge_lora needs use_lora: true")
 
 
 def group_texts(batch: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
@@ -84,11 +76,11 @@ def perplexity(loss: float) -> float:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
     parsed = parse_config(
-        (ModelArguments, DataArguments, RunArguments, TrainingArguments),
+        (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
     )
-    model_args, data_args, run_args, training_args = parsed
+    model_args, data_args, strategy_args, run_args, training_args = parsed
     training_args.prediction_loss_only = True  # eval keeps the loss, not every block's logits (huge)
     setup_logging(training_args)
     last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
@@ -100,10 +92,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # ---- Tokenizer and block size. Packing never pads; the pad token (eos) is for generate().
     name, gguf, remote = model_args.model_name_or_path, model_args.gguf_file, model_args.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
+    with loading_model(name):  # a missing folder or Hub id: one clear error line
+        tokenizer = AutoTokenizer.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
+        config = AutoConfig.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    config = AutoConfig.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
     max_positions = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
     block_size = model_args.block_size or min(1024, max_positions)
     if block_size > max_positions:
@@ -137,16 +130,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             name, config=config, gguf_file=gguf, quantization_config=unpack, trust_remote_code=remote
         )
 
-    # ---- LoRA: small low-rank adapters; target_modules None = peft's default for the architecture.
-    if model_args.use_lora:
-        lora = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-        )
-        model = get_peft_model(model, lora)
+    # ---- Full fine-tuning, LoRA adapters (use_lora; merge_lora folds them in when saving), or the
+    # output layer only (freeze_backbone); early stopping.
+    model = apply_strategy(model, strategy_args, training_args, task_type="CAUSAL_LM")
 
     # ---- Trainer: every block is block_size long, so the default collator just stacks them.
     trainer = Trainer(
@@ -170,18 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         extra_metrics={"perplexity_before": perplexity(before["eval_loss"])},
         derived_metrics=lambda m: {"perplexity": perplexity(m["eval_loss"])},
         model_card=card,
+        strategy=strategy_args,
     )
-
-    # ---- merge_lora: fold the adapter into the weights, so output_dir loads without peft.
-    model = trainer.model.merge_and_unload() if model_args.merge_lora else trainer.model
-    if model_args.merge_lora and training_args.should_save:
-        model.save_pretrained(training_args.output_dir)
-        for adapter_file in ("adapter_model.safetensors", "adapter_config.json"):
-            (Path(training_args.output_dir) / adapter_file).unlink(missing_ok=True)
 
     # ---- Sample: greedy (reruns match), within the model's positions; on every process, since
     # a sharded model needs them all.
     if model_args.sample_prompt:
+        model = trainer.model
         inputs = tokenizer(model_args.sample_prompt, return_tensors="pt").to(model.device)
         new_tokens = min(model_args.sample_max_new_tokens, max_positions - inputs["input_ids"].shape[1])
         output = model.eval().generate(

@@ -33,6 +33,7 @@ from recipes_lib.data import finish_splits, load_splits, require_labels
 from recipes_lib.errors import ConfigError, DataError, exit_on_error, loading_model
 from recipes_lib.images import detect_image_columns, load_image_folders, open_rgb, resize_settings
 from recipes_lib.metrics import classification_metrics
+from recipes_lib.strategies import StrategyArguments, apply_strategy
 from recipes_lib.training import prepare_output_dir, setup_logging, train_and_evaluate
 
 
@@ -71,17 +72,16 @@ class DataArguments(data.DataArguments):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
-    model_args, data_args, run_args, training_args = parse_config(
-        (ModelArguments, DataArguments, RunArguments, TrainingArguments),
+    parsed = parse_config(
+        (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
     )
+    model_args, data_args, strategy_args, run_args, training_args = parsed
     if training_args.remove_unused_columns:  # Trainer would drop the image column before the transform
         raise ConfigError("remove_unused_columns must be false: the transform reads the image column")
     setup_logging(training_args)
-    last_checkpoint = prepare_output_dir(
-        training_args, run_args, model_args, data_args, run_args, training_args
-    )
+    last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
 
     # ---- Data: Hub dataset, image folders or csv/json of paths; validation carved from train if missing.
     if data_args.train_dir is not None:
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             config=config,
             ignore_mismatched_sizes=True,  # the ImageNet head (1000 classes) is replaced by a fresh one
         )
+    # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone); early stopping.
+    model = apply_strategy(model, strategy_args, training_args)
 
     # ---- Trainer: the collator stacks the already-transformed tensors.
     def collate(examples: list[dict]) -> dict:
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # label_names: confusion_matrix.json and .png (rows = true class) are written beside the results.
     return train_and_evaluate(
         trainer, last_checkpoint, eval_inputs=eval_inputs, decode_predictions=decode, model_card=card,
-        label_names=label_names,
+        label_names=label_names, strategy=strategy_args,
     )  # fmt: skip
 
 

@@ -1,0 +1,223 @@
+"""How much of a model fine-tunes, and when training stops: the same keys in every recipe.
+
+`StrategyArguments` holds the config keys (LoRA, a frozen backbone, early stopping);
+`apply_strategy` turns a freshly built model into the model to train. `from_scratch` (random
+weights) is a model-loading choice and lives in each recipe's ModelArguments; the optimizer is
+TrainingArguments' own `optim`. `PeakMemory` and `parameter_counts` feed the `trainable_params`,
+`total_params` and `peak_memory_mb` entries every run writes to `all_results.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+
+from recipes_lib.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StrategyArguments:
+    """Which weights train (all, LoRA adapters, or the head only) and when to stop early."""
+
+    use_lora: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scale: updates are multiplied by alpha/r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt; null: peft's default for the architecture, else every "
+                  "Linear/Conv2d layer of the backbone."},
+    )  # fmt: skip
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Save the adapters merged into the weights (loads without peft)."}
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "Train only the head (linear probing); the backbone stays as loaded."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improving metric_for_best_model, and "
+                  "load the best checkpoint at the end. Needs eval_strategy = save_strategy."},
+    )  # fmt: skip
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "How much the metric must improve to count as better."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}")
+        if self.merge_lora and not self.use_lora:
+            raise ValueError("merge_lora needs use_lora: true")
+        if self.use_lora and self.freeze_backbone:
+            raise ValueError("use_lora and freeze_backbone are two strategies; set one of them")
+
+
+def apply_strategy(
+    model: PreTrainedModel,
+    strategy: StrategyArguments,
+    training_args: TrainingArguments,
+    task_type: str | None = None,
+) -> nn.Module:
+    """The model to train: `model` itself, with its backbone frozen, or wrapped in LoRA adapters.
+
+    `task_type` is peft's name for the task ("SEQ_CLS", "CAUSAL_LM"; None for image
+    classification). With `early_stopping_patience`, turns on `load_best_model_at_end` (the
+    metric is `metric_for_best_model`, which the recipes' configs set to their main metric).
+    """
+    if strategy.early_stopping_patience is not None:
+        _enable_best_model_at_end(training_args)
+    if strategy.freeze_backbone:
+        freeze_backbone(model)
+    if strategy.use_lora:
+        model = add_lora(model, strategy, task_type)
+    trainable, total = parameter_counts(model)
+    logger.info(
+        "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
+    return model
+
+
+def _enable_best_model_at_end(args: TrainingArguments) -> None:
+    if args.eval_strategy == "no":
+        raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+    if args.save_strategy != "best" and (
+        args.save_strategy != args.eval_strategy
+        or (args.eval_strategy == "steps" and args.save_steps % args.eval_steps != 0)
+    ):
+        raise ConfigError(
+            "early_stopping_patience keeps the best checkpoint, so save_strategy must equal eval_strategy "
+            f"(and save_steps be a multiple of eval_steps); got eval_strategy={args.eval_strategy.value}, "
+            f"save_strategy={args.save_strategy.value}"
+        )
+    args.load_best_model_at_end = True
+    if args.metric_for_best_model is None:
+        args.metric_for_best_model = "loss"
+    if args.greater_is_better is None:
+        args.greater_is_better = not args.metric_for_best_model.endswith("loss")
+
+
+def head_modules(model: PreTrainedModel) -> list[str]:
+    """Names of the model's top-level modules outside its backbone that hold weights: the task
+    head (`classifier`, `score`, `pre_classifier`, `lm_head`, ...)."""
+    backbone = model.base_model
+    if backbone is model:
+        raise ConfigError(f"{type(model).__name__} has no separate backbone to freeze or adapt")
+    return [
+        name
+        for name, module in model.named_children()
+        if module is not backbone and any(True for _ in module.parameters())
+    ]
+
+
+def freeze_backbone(model: PreTrainedModel) -> None:
+    """Train only the head. A language model's head is usually tied to the input embeddings,
+    so it gets its own copy (initialised from them) and that copy trains."""
+    heads = head_modules(model)
+    model.base_model.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        output = model.get_output_embeddings()
+        if output is None:
+            raise ConfigError(f"freeze_backbone: {type(model).__name__} has no head outside its backbone")
+        output.weight = nn.Parameter(output.weight.detach().clone())
+        model.config.get_text_config().tie_word_embeddings = False
+        logger.info("freeze_backbone: the output layer is untied from the input embeddings and trains alone")
+    logger.info("freeze_backbone: training only %s", ", ".join(heads))
+
+
+def default_lora_targets(model: PreTrainedModel) -> list[str] | None:
+    """None when peft knows the architecture (e.g. BERT: query, value; Llama: q_proj, v_proj),
+    else the names of every Linear and Conv2d layer in the backbone (e.g. ResNet's convolutions)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+    if model.config.model_type in KNOWN:
+        return None
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.base_model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv2d)
+    }
+    if not names:
+        raise ConfigError(
+            f"no Linear or Conv2d layers to adapt in {type(model).__name__}; set lora_target_modules"
+        )
+    return sorted(names)
+
+
+def add_lora(model: PreTrainedModel, strategy: StrategyArguments, task_type: str | None) -> nn.Module:
+    """Wrap `model` in LoRA adapters; for classifiers the (new) head trains in full beside them."""
+    from peft import LoraConfig, get_peft_model
+
+    heads = None if task_type == "CAUSAL_LM" else head_modules(model)
+    targets = strategy.lora_target_modules or default_lora_targets(model)
+    config = LoraConfig(
+        task_type=task_type,
+        r=strategy.lora_r,
+        lora_alpha=strategy.lora_alpha,
+        lora_dropout=strategy.lora_dropout,
+        target_modules=targets,
+        modules_to_save=heads,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:  # e.g. a target module name that matches nothing
+        raise ConfigError(f"LoRA: {err}".splitlines()[0]) from err
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; shared (tied) weights count once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def merge_lora_into(output_dir: str | Path, model: nn.Module) -> nn.Module:
+    """Fold trained LoRA adapters into the weights and save a plain model in place of the adapter."""
+    merged = model.merge_and_unload()
+    merged.save_pretrained(output_dir)
+    for adapter_file in ("adapter_model.safetensors", "adapter_config.json"):
+        (Path(output_dir) / adapter_file).unlink(missing_ok=True)
+    return merged
+
+
+class PeakMemory(TrainerCallback):
+    """Peak memory during training, in MiB: CUDA max allocated on a GPU, else the process's peak
+    resident set size (reset when training starts where Linux allows it)."""
+
+    def __init__(self) -> None:
+        self.peak_mb: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state, control, **kwargs) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:  # "5" resets VmHWM, the peak RSS, to the current RSS
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def on_train_end(self, args: TrainingArguments, state, control, **kwargs) -> None:
+        self.peak_mb = peak_memory_mb()
+
+
+def peak_memory_mb() -> float:
+    """CUDA max allocated on a GPU, else the peak RSS of this process (MiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
