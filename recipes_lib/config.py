@@ -94,6 +94,8 @@ def parse_config(
     coerced = {key: coerce_value(key, value, fields[key]) for key, value in values.items()}
     if "report_to" in fields and "report_to" not in coerced and tensorboard_available():
         coerced["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
+    cli_keys = {a[2:].split("=")[0].removeprefix("no_") for a in argv if a.startswith("--")}
+    coerced.update(gpu_speed_defaults(set(fields), set(coerced) | cli_keys))
     parser.set_defaults(**coerced)
 
     try:
@@ -109,7 +111,6 @@ def parse_config(
     for args in parsed:
         if isinstance(args, RunArguments):
             args.recipe = Path(default_config).parent.name if default_config else None
-            cli_keys = [a[2:].split("=")[0].removeprefix("no_") for a in argv if a.startswith("--")]
             args.explicit_keys = sorted(set(coerced) | {k for k in cli_keys if k in fields})
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
@@ -126,6 +127,21 @@ def expand_vars(value: Any) -> Any:
     if "RECIPES_CACHE" in value and not os.environ.get("RECIPES_CACHE"):
         value = value.replace("${RECIPES_CACHE}", str(Path.home() / ".cache" / "recipes"))
     return os.path.expanduser(os.path.expandvars(value))
+
+
+def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
+    """bf16 and tf32 on a GPU that supports them (Ampere or newer), unless the config or the
+    command line chose a precision or the CPU. Same accuracy, about twice the speed."""
+    if "bf16" not in fields or chosen & {"bf16", "fp16", "use_cpu"}:
+        return {}
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(including_emulation=False):
+        return {}
+    defaults = {"bf16": True}
+    if "tf32" not in chosen and torch.cuda.get_device_capability(0) >= (8, 0):
+        defaults["tf32"] = True
+    return defaults
 
 
 def tensorboard_available() -> bool:

@@ -136,3 +136,23 @@ def test_config_strings_expand_environment_variables(tmp_path, monkeypatch):
     assert data.validation_file == str(Path.home() / ".cache" / "recipes" / "v.csv")
     monkeypatch.setenv("RECIPES_CACHE", "/somewhere")
     assert _parse(tmp_path, "train_file: ${RECIPES_CACHE}/t.csv\n")[0].train_file == "/somewhere/t.csv"
+
+
+def test_bf16_and_tf32_are_on_by_default_only_on_gpus_that_support_them(monkeypatch):
+    import torch
+
+    from recipes_lib.config import gpu_speed_defaults
+
+    fields = {"bf16", "fp16", "tf32", "use_cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert gpu_speed_defaults(fields, set()) == {"bf16": True, "tf32": True}
+    for chosen in ("bf16", "fp16", "use_cpu"):  # a config or flag that chose precision or the CPU wins
+        assert gpu_speed_defaults(fields, {chosen}) == {}
+    assert gpu_speed_defaults(fields, {"tf32"}) == {"bf16": True}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert gpu_speed_defaults(fields, set()) == {}  # a T4: no bf16, no tf32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_speed_defaults(fields, set()) == {}
