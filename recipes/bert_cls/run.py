@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         label_names = feature.names
         label_to_id = {i: i for i in range(len(label_names))}
     else:
-        values = sorted(set(raw["train"][label_col]))
+        values = sorted(raw["train"].unique(label_col))  # unique(): one Arrow pass, not a loop
         label_names = [str(v) for v in values]
         label_to_id = {v: i for i, v in enumerate(values)}
-        unseen = sorted(set(raw["validation"][label_col]) - set(values), key=str)
+        unseen = sorted(set(raw["validation"].unique(label_col)) - set(values), key=str)
         if unseen:
             raise DataError(f"validation labels {unseen[:5]} never occur in train (train has {label_names})")
 

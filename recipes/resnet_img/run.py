@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         label_names = feature.names
         label_to_id = {i: i for i in range(len(label_names))}
     else:
-        values = sorted(set(raw["train"][label_col]))
+        values = sorted(raw["train"].unique(label_col))  # unique(): one Arrow pass, not a loop
         label_names = [str(v) for v in values]
         label_to_id = {v: i for i, v in enumerate(values)}
-        unseen = sorted(set(raw["validation"][label_col]) - set(values), key=str)
+        unseen = sorted(set(raw["validation"].unique(label_col)) - set(values), key=str)
         if unseen:
             raise DataError(f"validation labels {unseen[:5]} never occur in train (train has {label_names})")
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # ---- Train, save, evaluate; eval_predictions.jsonl pairs each image with its prediction.
     validation = raw["validation"]
-    eval_labels = [label_names[label_to_id[v]] for v in validation[label_col]]
+    eval_labels = [label_names[label_to_id[v]] for v in validation[label_col][:]]
     # Paths only, read in batches: Hub datasets embed the image bytes, which need not sit in memory.
     images = (im for batch in validation.select_columns([image_col]).iter(256) for im in batch[image_col])
     paths = [im["path"] or f"validation[{i}]" for i, im in enumerate(images)]
