@@ -1,11 +1,11 @@
-# make install | test | lint | format | assets | demo
+# make install | test | lint | format | assets | demo | bench
 # `make test` on a fresh machine creates .venv, installs the project with its dev extra, then tests.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: install test lint format assets demo clean
+.PHONY: install test lint format assets demo bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ DEMO_OUT ?= outputs/demo
 demo: install
 	$(VENV)/bin/recipes demo --output $(DEMO_OUT)
 	@echo "demo runs and summary.json are in $(DEMO_OUT)"
+
+# Side-by-side benchmarks on the offline assets (about 15 minutes on 2 cores; see BENCHMARKS.md).
+# JSON, summary.md and logs go to outputs/bench/, the chart to benchmarks/bench_summary.png.
+# BENCH_ARGS="--wait_idle 600" waits for idle CPUs first; "--only overhead resnet" runs a subset.
+BENCH_ARGS ?=
+bench: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,213 @@
+"""gpt_clm: packing utilisation, recipe vs raw-loop tokens/s, and peak memory of full fine-tuning vs LoRA.
+
+    python benchmarks/bench_gpt_clm.py                  # SmolLM2-135M on Hamlet, 3 + 10 steps per run, ~2 min
+    python benchmarks/bench_gpt_clm.py --steps 30 --block_size 256
+
+recipes/gpt_clm/run.py with configs/demo.yaml (SmolLM2-135M, Hamlet, block_size 64, batch 4) builds
+its Trainer in three separate processes, so each one's peak resident memory is its own:
+
+  recipe_full  the recipe with --use_lora false (every weight trains), `--steps` Trainer steps
+  recipe_lora  the recipe as the demo ships it (--use_lora true), `--steps` Trainer steps
+  raw_lora     the same LoRA model and blocks in a plain PyTorch loop (forward, backward, clip,
+               the optimizer Trainer would pick, linear schedule), no Trainer
+
+Packing utilisation = real tokens / tokens in the packed training batches (attention mask ones /
+elements); the recipe packs text into full blocks, so it must be 1.0. Process peak memory is
+each process's ru_maxrss (model loading included; the recipe's before-training evaluation is
+skipped). The training peak is VmHWM after resetting it when training starts (Linux
+/proc/self/clear_refs), i.e. the peak of the training steps alone; that is the headline ratio.
+Writes outputs/bench/gpt_clm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import recipe_harness as h
+
+NAME = "gpt_clm"
+CHILDREN = {
+    "recipe_full": ["--use_lora", "false"],
+    "recipe_lora": ["--use_lora", "true"],
+    "raw_lora": ["--use_lora", "true"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=3, help="steps run first and left out of the timing")
+    p.add_argument("--block_size", type=int, default=64, help="the demo's value")
+    p.add_argument("--batch_size", type=int, default=4, help="the demo's value")
+    p.add_argument("--train_samples", type=int, default=600, help="lines of Hamlet (the demo's value)")
+    p.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--child_out", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def recipe_argv(args: argparse.Namespace, child: str) -> list[str]:
+    return [
+        "--config", h.demo_config("gpt_clm"),
+        "--block_size", str(args.block_size),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--max_train_samples", str(args.train_samples),
+        "--max_steps", str(args.steps + args.warmup),
+        "--output_dir", str(h.RESULTS_DIR / NAME / child),
+        "--overwrite_output_dir", "true",
+        "--report_to", "none",
+        "--log_level", "warning",
+        *CHILDREN[child],
+    ]  # fmt: skip
+
+
+def packing(batches: list[dict]) -> dict:
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    total = sum(b["attention_mask"].numel() for b in batches)
+    return {
+        "real_tokens": real,
+        "total_tokens": total,
+        "utilisation": real / total,
+        "labels_are_inputs": all(bool((b["labels"] == b["input_ids"]).all()) for b in batches),
+        "block_lengths": sorted({b["input_ids"].shape[1] for b in batches}),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+
+    class TrainingOnlyTrainer(Trainer):
+        def evaluate(self, *a, **kw) -> dict:  # the recipe's perplexity-before pass: not measured here
+            return {"eval_loss": float("nan")}
+
+    trainer = h.build_recipe_trainer("gpt_clm", recipe_argv(args, args.child), TrainingOnlyTrainer)
+    total_steps = args.steps + args.warmup
+    batches = []
+    for batch in trainer.get_train_dataloader():
+        batches.append(batch)
+        if len(batches) == total_steps:
+            break
+    tokens_per_step = args.batch_size * args.block_size
+    params = sum(p.numel() for p in trainer.model.parameters())
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    rss_before, peak_before = h.current_rss_mb(), h.peak_rss_mb()
+    phase_reset = h.reset_peak_rss()
+    if args.child.startswith("recipe"):
+        timer = h.step_timer_callback()
+        trainer.add_callback(timer)
+        trainer.train()
+        ends = timer.ends
+    else:
+        model, targs = trainer.model, trainer.args
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+        trainable_params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = optimizer_cls(trainable_params, weight_decay=targs.weight_decay, **optimizer_kwargs)
+        schedule = get_linear_schedule_with_warmup(
+            optimizer, targs.get_warmup_steps(total_steps), total_steps
+        )
+        set_seed(targs.seed)
+        model.train()
+        ends = [time.perf_counter()]
+        for batch in batches:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable_params, targs.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            ends.append(time.perf_counter())
+    durations = h.step_durations(ends)
+    result = {
+        "steps": len(durations),
+        "step_seconds": durations,
+        "tokens_per_second": h.rate([tokens_per_step] * len(durations), durations, args.warmup),
+        "median_step_seconds": h.median(h.steady(durations, args.warmup)),
+        "packing": packing(batches),
+        "params": params,
+        "trainable_params": trainable,
+        "rss_before_training_mb": rss_before,
+        "peak_rss_before_training_mb": peak_before,  # loading the model and data
+        "training_peak_rss_mb": h.phase_peak_rss_mb() if phase_reset else None,
+        "peak_rss_mb": max(peak_before, h.peak_rss_mb()),  # the whole process (the reset also resets this)
+    }
+    Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
+
+
+def run_child(name: str, argv: list[str]) -> dict:
+    folder = h.RESULTS_DIR / NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    out, log = folder / f"{name}.json", folder / f"{name}.log"
+    cmd = [sys.executable, __file__, *argv, "--child", name, "--child_out", str(out)]
+    print(f"  {name} ... log: {log}", flush=True)
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        sys.exit(f"{name} failed (exit {code}); the end of {log}:\n{log.read_text()[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return {}
+    print(f"{NAME}: SmolLM2-135M, block_size {args.block_size}, batch {args.batch_size}", flush=True)
+    runs = {name: run_child(name, argv) for name in CHILDREN}
+    full, lora, raw = runs["recipe_full"], runs["recipe_lora"], runs["raw_lora"]
+    process_ratio = lora["peak_rss_mb"] / full["peak_rss_mb"]
+    training_ratio = (
+        lora["training_peak_rss_mb"] / full["training_peak_rss_mb"]
+        if lora["training_peak_rss_mb"] and full["training_peak_rss_mb"]
+        else None
+    )
+    memory_ratio = training_ratio if training_ratio is not None else process_ratio
+    recipe_vs_raw = lora["tokens_per_second"] / raw["tokens_per_second"]
+    utilisation = min(r["packing"]["utilisation"] for r in runs.values())
+    result = {
+        "benchmark": NAME,
+        "machine": h.machine(),
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("child")},
+        "runs": runs,
+        "packing_utilisation": utilisation,
+        "tokens_per_second": {k: v["tokens_per_second"] for k, v in runs.items()},
+        "recipe_vs_raw_tokens_per_second": recipe_vs_raw,
+        "training_peak_rss_mb": {k: v["training_peak_rss_mb"] for k, v in runs.items()},
+        "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in runs.items()},
+        "lora_vs_full_training_peak_memory": training_ratio,
+        "lora_vs_full_process_peak_memory": process_ratio,
+        "targets": {
+            "packing utilisation == 1.0": utilisation == 1.0,
+            "LoRA peak <= 0.7x full": memory_ratio <= 0.7,
+        },
+    }
+    path = h.write_result(NAME, result)
+    rows = [
+        (k, v["tokens_per_second"], 1000 * v["median_step_seconds"], v["training_peak_rss_mb"] or "n/a",
+         v["peak_rss_mb"], v["rss_before_training_mb"], f"{v['trainable_params']:,} / {v['params']:,}",
+         v["packing"]["utilisation"])
+        for k, v in runs.items()
+    ]  # fmt: skip
+    print(
+        h.markdown_table(
+            ["run", "tokens/s (steady)", "median step ms", "training peak RSS MiB", "process peak RSS MiB",
+             "RSS before training MiB", "trainable / all params", "packing utilisation"],
+            rows,
+        )
+    )  # fmt: skip
+    print(f"\npacking utilisation: {utilisation:.4f}; recipe / raw tokens/s (LoRA): {recipe_vs_raw:.3f}x")
+    shown = f"{training_ratio:.3f}x" if training_ratio is not None else "n/a"
+    print(f"peak memory LoRA / full: training {shown}, whole process {process_ratio:.3f}x")
+    for target, ok in result["targets"].items():
+        print(f"  {target}: {h.verdict(ok)}")
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""resnet_img: images/s of the recipe's Trainer vs a raw loop over the digits folder, and the
+dataloader's share of step time.
+
+    python benchmarks/bench_resnet.py                    # small ResNet on digits 32x32, 5 + 40 steps, ~15 s
+    python benchmarks/bench_resnet.py --steps 200 --repeats 2 --dataloader_num_workers 2
+
+recipe  recipes/resnet_img/run.py with configs/demo.yaml as shipped (from-scratch small ResNet,
+        batch 32, datasets imagefolder + with_transform, the recipe's dataloader settings), its
+        Trainer run for `--warmup + --steps` steps
+raw     the same initial weights and the same transforms (RandomResizedCrop/flip per the demo,
+        ToImage, ToDtype, Normalize with the processor's mean/std) through torchvision's
+        ImageFolder and a plain DataLoader (same batch size and worker count) and a plain loop
+        (forward, backward, clip, the optimizer Trainer picks, linear schedule)
+
+Dataloader share = time spent waiting for the next batch / total step time, after warm-up. The
+recipe's wait is timed by wrapping the iterator of Trainer's own train dataloader. Writes
+outputs/bench/resnet.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+
+import recipe_harness as h
+
+NAME = "resnet"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=5, help="steps run first and left out of the timing")
+    p.add_argument("--repeats", type=int, default=1, help="recipe/raw pairs, alternating which goes first")
+    p.add_argument(
+        "--dataloader_num_workers",
+        type=int,
+        default=None,
+        help="default: the demo config's (0, the HF default)",
+    )
+    return p.parse_args(argv)
+
+
+def recipe_argv(args: argparse.Namespace) -> list[str]:
+    argv = [
+        "--config", h.demo_config("resnet_img"),
+        "--max_steps", str(args.steps + args.warmup),
+        "--eval_strategy", "no",  # no evaluation between the timed steps
+        "--eval_on_start", "false",
+        "--output_dir", str(h.RESULTS_DIR / NAME / "run"),
+        "--overwrite_output_dir", "true",
+        "--report_to", "none",
+        "--log_level", "warning",
+    ]  # fmt: skip
+    if args.dataloader_num_workers is not None:
+        argv += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
+    return argv
+
+
+class TimedBatches:
+    """Wraps a dataloader; records (start, end) of every wait for the next batch, and its size."""
+
+    def __init__(self, loader) -> None:  # noqa: ANN001
+        self.loader = loader
+        self.waits: list[tuple[float, float]] = []
+        self.sizes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - set_epoch, dataset, batch_sampler, ...
+        return getattr(self.loader, name)
+
+    def __iter__(self):  # noqa: ANN204
+        iterator = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waits.append((start, time.perf_counter()))
+            self.sizes.append(len(batch["labels"]))
+            yield batch
+
+
+def summarise(ends: list[float], loader: TimedBatches, warmup: int) -> dict:
+    durations = h.step_durations(ends)
+    window_start = ends[warmup]  # the end of the last warm-up step
+    wait = sum(b - a for a, b in loader.waits if a >= window_start)
+    return {
+        "steps": len(durations),
+        "step_seconds": durations,
+        "images_per_second": h.rate(loader.sizes[: len(durations)], durations, warmup),
+        "median_step_seconds": h.median(h.steady(durations, warmup)),
+        "dataloader_wait_seconds": wait,
+        "dataloader_share": wait / (ends[-1] - window_start),
+    }
+
+
+def recipe_run(args: argparse.Namespace) -> tuple[dict, object, object]:
+    from transformers import Trainer
+
+    class WaitTimingTrainer(Trainer):
+        def get_train_dataloader(self):  # noqa: ANN202
+            self.timed_batches = TimedBatches(super().get_train_dataloader())
+            return self.timed_batches
+
+    trainer = h.build_recipe_trainer("resnet_img", recipe_argv(args), WaitTimingTrainer)
+    initial_model = copy.deepcopy(trainer.model)
+    timer = h.step_timer_callback()
+    trainer.add_callback(timer)
+    trainer.train()
+    return summarise(timer.ends, trainer.timed_batches, args.warmup), initial_model, trainer
+
+
+def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: ANN001
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+
+    from recipes_lib.config import expand_vars, load_yaml
+    from recipes_lib.images import resize_settings
+
+    config = load_yaml(h.demo_config("resnet_img"))
+    targs = recipe_trainer.args
+    processor = recipe_trainer.processing_class
+    _, crop, interpolation = resize_settings(processor)
+    transform = v2.Compose([
+        v2.RandomResizedCrop(crop, scale=(config["min_crop_scale"], 1.0), interpolation=interpolation),
+        v2.RandomHorizontalFlip(p=0.5 if config["horizontal_flip"] else 0.0),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
+    ])  # fmt: skip
+    dataset = ImageFolder(expand_vars(config["train_dir"]), transform=transform)
+    set_seed(targs.seed)
+    loader = TimedBatches(
+        DataLoader(
+            dataset,
+            batch_size=targs.per_device_train_batch_size,
+            shuffle=True,
+            num_workers=targs.dataloader_num_workers,
+            collate_fn=lambda items: {
+                "pixel_values": torch.stack([x for x, _ in items]),
+                "labels": torch.tensor([y for _, y in items]),
+            },
+        )
+    )
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+    decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower()]
+    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n.lower()]
+    optimizer = optimizer_cls(
+        [{"params": decay, "weight_decay": targs.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        **optimizer_kwargs,
+    )
+    total = args.steps + args.warmup
+    schedule = get_linear_schedule_with_warmup(optimizer, targs.get_warmup_steps(total), total)
+    model.train()
+    ends = [time.perf_counter()]
+    while len(ends) <= total:
+        for batch in loader:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), targs.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            ends.append(time.perf_counter())
+            if len(ends) > total:
+                break
+    return summarise(ends, loader, args.warmup)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    print(f"{NAME}: small ResNet on digits 32x32, {args.warmup} + {args.steps} steps", flush=True)
+    runs: dict[str, list[dict]] = {"recipe": [], "raw": []}
+    settings = {}
+    for repeat in range(args.repeats):
+        print(f"  repeat {repeat + 1}: recipe, then raw from the same initial weights", flush=True)
+        recipe, initial_model, trainer = recipe_run(args)
+        settings = {
+            "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
+            "dataloader_num_workers": trainer.args.dataloader_num_workers,
+            "dataloader_pin_memory": trainer.args.dataloader_pin_memory,
+            "train_images": len(trainer.train_dataset),
+        }
+        del trainer.model
+        runs["recipe"].append(recipe)
+        runs["raw"].append(raw_run(args, initial_model, trainer))
+
+    def med(kind: str, key: str) -> float:
+        return h.median([r[key] for r in runs[kind]])
+
+    ratio = med("recipe", "images_per_second") / med("raw", "images_per_second")
+    result = {
+        "benchmark": NAME,
+        "machine": h.machine(),
+        "settings": {**vars(args), "recipe": settings},
+        "runs": runs,
+        "images_per_second": {k: med(k, "images_per_second") for k in runs},
+        "dataloader_share": {k: med(k, "dataloader_share") for k in runs},
+        "recipe_vs_raw_images_per_second": ratio,
+    }
+    path = h.write_result(NAME, result)
+    rows = [
+        (k, med(k, "images_per_second"), 1000 * med(k, "median_step_seconds"), med(k, "dataloader_share"))
+        for k in runs
+    ]
+    print(h.markdown_table(["loop", "images/s (steady)", "median step ms", "dataloader share"], rows))
+    print(f"\nrecipe / raw images/s: {ratio:.3f}x; recipe dataloader settings: {settings}")
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU throughput and MFU of the bert_cls and gpt_clm setups (BERT-base and GPT-2 sized, bf16, random
+# weights and random tokens: no assets, no Hub). One prepared run for a lent GPU machine, under 8 min.
+#
+#   bash benchmarks/gpu.sh                       # figures in $OUT/gpu.json (else outputs/bench/gpu.json)
+#   bash benchmarks/gpu.sh --peak_tflops 312     # extra flags go to benchmarks/gpu_throughput.py
+#
+# Python: reuses .venv when it already imports torch + transformers + datasets + accelerate; else
+# builds .venv on top of the machine's own torch (--system-site-packages) and `pip install -e .`;
+# torch comes from the package registry only when the machine has none. Everything it prints also
+# goes to gpu.log beside gpu.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+RESULTS="${OUT:-outputs/bench}"
+mkdir -p "$RESULTS"
+LOG="$RESULTS/gpu.log"
+exec > >(tee -a "$LOG") 2>&1
+START=$(date +%s)
+echo "== gpu.sh $(date -u +%FT%TZ) in $(pwd)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "(no nvidia-smi)"
+
+CHECK='import torch, transformers, datasets, accelerate; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)'
+PY=.venv/bin/python
+if ! { [ -x "$PY" ] && "$PY" -c "$CHECK"; }; then
+  echo "== preparing .venv"
+  SYSPY=$(command -v python3 || command -v python)
+  if [ -z "$SYSPY" ]; then echo "no python3 on this machine"; exit 2; fi
+  if [ ! -x "$PY" ]; then
+    if "$SYSPY" -c "import torch" 2>/dev/null; then
+      "$SYSPY" -m venv --system-site-packages .venv   # reuse the machine's CUDA torch
+    else
+      "$SYSPY" -m venv .venv
+    fi
+  fi
+  # Offline first: the project alone when its dependencies are already importable.
+  if "$PY" -c "$CHECK" 2>/dev/null; then
+    timeout 120 "$PY" -m pip install --quiet --no-deps -e . || true
+  else
+    timeout 420 "$PY" -m pip install --quiet -e . || echo "pip install -e . failed (no registry?)"
+  fi
+  if ! "$PY" -c "$CHECK"; then
+    echo "cannot get torch + transformers + datasets + accelerate into .venv; nothing measured"
+    exit 3
+  fi
+fi
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "torch sees no CUDA device; run 'python benchmarks/gpu_throughput.py --smoke' for a CPU check"
+  exit 4
+fi
+
+# What is left of the 8 minutes goes to the measurement (at least 3 minutes).
+LEFT=$(( 480 - ($(date +%s) - START) ))
+[ "$LEFT" -lt 180 ] && LEFT=180
+echo "== measuring (time limit ${LEFT}s)"
+timeout "$LEFT" "$PY" benchmarks/gpu_throughput.py --out "$RESULTS/gpu.json" "$@"
+CODE=$?
+[ "$CODE" -eq 124 ] && echo "gpu_throughput.py ran past ${LEFT}s; lower --steps or the batch sizes"
+echo "== done in $(( $(date +%s) - START ))s, exit $CODE; figures: $RESULTS/gpu.json, log: $LOG"
+exit "$CODE"
