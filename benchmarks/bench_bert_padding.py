@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -127,19 +126,6 @@ def child(args: argparse.Namespace) -> None:
     Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
 
 
-def run_child(pipeline: str, repeat: int, argv: list[str]) -> dict:
-    folder = h.RESULTS_DIR / NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    out, log = folder / f"{pipeline}-{repeat}.json", folder / f"{pipeline}-{repeat}.log"
-    cmd = [sys.executable, __file__, *argv, "--child", pipeline, "--child_out", str(out)]
-    print(f"  {pipeline} (run {repeat + 1}) ... log: {log}", flush=True)
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        sys.exit(f"{pipeline} failed (exit {code}); the end of {log}:\n{log.read_text()[-3000:]}")
-    return json.loads(out.read_text())
-
-
 def attribution(runs: dict[str, list[dict]], med) -> dict[str, float]:  # noqa: ANN001
     """With dynamic_random: how much of the speed and of the accuracy gap comes from padding per
     batch (dynamic_random vs run_glue, same batches) and how much from length grouping (recipe vs
@@ -171,7 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in pipelines}
     for repeat in range(args.repeats):
         for pipeline in pipelines:
-            runs[pipeline].append(run_child(pipeline, repeat, argv))
+            runs[pipeline].append(
+                h.run_child(
+                    __file__,
+                    NAME,
+                    pipeline,
+                    argv,
+                    name=f"{pipeline}-{repeat}",
+                    label=f"{pipeline} (run {repeat + 1})",
+                )
+            )
 
     def med(pipeline: str, key: str) -> float:
         return h.median([r[key] for r in runs[pipeline]])

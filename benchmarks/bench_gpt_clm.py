@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -138,19 +137,6 @@ def child(args: argparse.Namespace) -> None:
     Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
 
 
-def run_child(name: str, argv: list[str]) -> dict:
-    folder = h.RESULTS_DIR / NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    out, log = folder / f"{name}.json", folder / f"{name}.log"
-    cmd = [sys.executable, __file__, *argv, "--child", name, "--child_out", str(out)]
-    print(f"  {name} ... log: {log}", flush=True)
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        sys.exit(f"{name} failed (exit {code}); the end of {log}:\n{log.read_text()[-3000:]}")
-    return json.loads(out.read_text())
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -158,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         child(args)
         return {}
     print(f"{NAME}: SmolLM2-135M, block_size {args.block_size}, batch {args.batch_size}", flush=True)
-    runs = {name: run_child(name, argv) for name in CHILDREN}
+    runs = {name: h.run_child(__file__, NAME, name, argv) for name in CHILDREN}
     full, lora, raw = runs["recipe_full"], runs["recipe_lora"], runs["raw_lora"]
     process_ratio = lora["peak_rss_mb"] / full["peak_rss_mb"]
     training_ratio = (

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -114,20 +113,6 @@ def child(args: argparse.Namespace) -> None:
     Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
 
 
-def run_child(name: str, argv: list[str], cache: str) -> dict:
-    folder = h.RESULTS_DIR / NAME
-    folder.mkdir(parents=True, exist_ok=True)
-    out, log = folder / f"{name}.json", folder / f"{name}.log"
-    cmd = [sys.executable, __file__, *argv, "--child", name, "--child_out", str(out)]
-    print(f"  {name} ... log: {log}", flush=True)
-    env = {**os.environ, "HF_DATASETS_CACHE": cache}
-    with open(log, "w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    if code != 0:
-        sys.exit(f"{name} failed (exit {code}); the end of {log}:\n{log.read_text()[-3000:]}")
-    return json.loads(out.read_text())
-
-
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -136,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     print(f"{NAME}: bert_cls tokenisation of the tweets, empty cache vs cache hit", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-datasets-cache-") as cache:
-        first = run_child("first", argv, cache)
-        reruns = [run_child(f"cached-{i}", argv, cache) for i in range(args.reruns)]
+        env = {**os.environ, "HF_DATASETS_CACHE": cache}
+        first = h.run_child(__file__, NAME, "first", argv, env=env)
+        reruns = [h.run_child(__file__, NAME, f"cached-{i}", argv, env=env) for i in range(args.reruns)]
     cached_seconds = h.median([r["seconds"] for r in reruns])
     cache_hit = all(r["train_cache_files"] == first["train_cache_files"] for r in reruns)
     result = {

@@ -202,6 +202,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+def run_child(
+    script: str, benchmark: str, child: str, argv: Sequence[str], name: str | None = None,
+    label: str | None = None, env: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run `script ARGV --child CHILD` in its own process (its memory and caches its own), logging to
+    outputs/bench/<benchmark>/<name>.log, and return the JSON it wrote to <name>.json; exit on failure."""
+    import subprocess
+
+    name = name or child
+    folder = RESULTS_DIR / benchmark
+    folder.mkdir(parents=True, exist_ok=True)
+    out, log = folder / f"{name}.json", folder / f"{name}.log"
+    cmd = [sys.executable, script, *argv, "--child", child, "--child_out", str(out)]
+    print(f"  {label or name} ... log: {log}", flush=True)
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        sys.exit(f"{label or name} failed (exit {code}); the end of {log}:\n{log.read_text()[-3000:]}")
+    return json.loads(out.read_text())
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """Write `outputs/bench/<name>.json` (folder created on demand) and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
