@@ -136,6 +136,8 @@ def steady(durations: Sequence[float], warmup: int) -> list[float]:
 
 def rate(items_per_step: Sequence[float], durations: Sequence[float], warmup: int) -> float:
     """Items (samples, tokens, images) per second over the steps after `warmup`."""
+    if len(durations) <= warmup:
+        sys.exit(f"{len(durations)} steps ran, none after the {warmup} warm-up steps; lower --warmup")
     return sum(items_per_step[warmup:]) / sum(durations[warmup:])
 
 
