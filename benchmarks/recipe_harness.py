@@ -22,7 +22,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -45,12 +44,9 @@ def demo_config(recipe: str) -> str:
 
 def load_recipe(name: str) -> ModuleType:
     """Import recipes/<name>/run.py as a fresh module (recipes are scripts, not a package)."""
-    path = REPO / "recipes" / name / "run.py"
-    spec = importlib.util.spec_from_file_location(f"bench_recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    from recipes_lib.cli import import_recipe
+
+    return import_recipe(REPO / "recipes" / name, module_name=f"bench_recipe_{name}")
 
 
 class _Built(Exception):

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = search.parse_sweep(load_yaml(config).get("sweep"), args.trials)
     out = Path(args.output or f"outputs/sweep/{recipe.name}")
     trials_dir = out / "trials"
-    module = _import_recipe(recipe)
+    module = import_recipe(recipe)
     with search.sweeping(spec):  # the recipe's train_and_evaluate runs the search
         module.main(["--config", str(config), "--output_dir", str(trials_dir), *args.overrides])
     results = spec.results
@@ -191,10 +192,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_recipe(recipe: Path):  # noqa: ANN202 - the recipe's run.py as a module
+def import_recipe(recipe: Path, module_name: str | None = None) -> types.ModuleType:
+    """Import `recipe/run.py` as a module (recipes are scripts, not a package), by default named
+    `recipe_<folder name>`, so its `main` and argument dataclasses can be used in-process."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"recipe_{recipe.name}", recipe / "run.py")
+    spec = importlib.util.spec_from_file_location(module_name or f"recipe_{recipe.name}", recipe / "run.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)

@@ -24,6 +24,17 @@ RUN_FACTS = "run_info.json"
 LOWER_IS_BETTER = ("loss", "perplexity", "mse", "error")
 
 
+def lower_is_better(metric: str) -> bool:
+    """True for losses, perplexity, MSE and error rates."""
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def metric_key(name: str) -> str:
+    """The key of a metric in all_results.json: `accuracy` -> `eval_accuracy`; `eval_*` and the
+    derived `perplexity*` keys stay as they are."""
+    return name if name.startswith(("eval_", "perplexity")) else f"eval_{name}"
+
+
 def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless
     import matplotlib
 
@@ -176,7 +187,7 @@ def report_row(run_dir: Path) -> dict[str, Any]:
         delta = float(value) - float(expected["value"])
         tolerance = float(expected.get("tolerance", 0.0))
         row["delta"] = delta
-        lower_better = any(word in metric for word in LOWER_IS_BETTER)
+        lower_better = lower_is_better(metric)
         if abs(delta) <= tolerance:
             row["within"] = "yes"
         elif (delta < 0) == lower_better:

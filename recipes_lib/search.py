@@ -35,7 +35,7 @@ from transformers import Trainer, TrainingArguments
 
 from recipes_lib.config import coerce_value
 from recipes_lib.errors import ConfigError
-from recipes_lib.reporting import LOWER_IS_BETTER
+from recipes_lib.reporting import lower_is_better, metric_key
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,8 @@ def active_sweep() -> SweepSpec | None:
 
 def objective_metric(spec: SweepSpec, args: TrainingArguments) -> tuple[str, str]:
     """(metric key in the eval metrics, optuna direction)."""
-    metric = spec.metric or args.metric_for_best_model or "loss"
-    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
-    lower = any(word in metric for word in LOWER_IS_BETTER)
-    return metric, spec.direction or ("minimize" if lower else "maximize")
+    metric = metric_key(spec.metric or args.metric_for_best_model or "loss")
+    return metric, spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
 
 
 def run_search(trainer: Trainer, spec: SweepSpec) -> dict[str, Any]:

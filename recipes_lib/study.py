@@ -28,7 +28,7 @@ from typing import Any
 
 from recipes_lib.config import load_yaml
 from recipes_lib.errors import ConfigError
-from recipes_lib.reporting import _pyplot
+from recipes_lib.reporting import _pyplot, metric_key
 
 # The keys each strategy sets; every other strategy key is reset, so a config with
 # use_lora: true still gives a full fine-tune in the `full` row.
@@ -45,8 +45,7 @@ STUDY_JSON, STUDY_PNG = "study.json", "study_curves.png"
 def study_metric(config: dict[str, Any], metric: str | None = None) -> str:
     """The metric compared: --metric, else the config's expected metric, metric_for_best_model, eval_loss."""
     name = metric or (config.get("expected") or {}).get("metric") or config.get("metric_for_best_model")
-    name = str(name or "loss")
-    return name if name.startswith(("eval_", "perplexity")) else f"eval_{name}"
+    return metric_key(str(name or "loss"))
 
 
 def strategy_argv(name: str, config: dict[str, Any]) -> list[str]:

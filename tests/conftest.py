@@ -57,11 +57,6 @@ def regression_csvs(tmp_path_factory) -> tuple[Path, Path]:
 
 def load_recipe(name: str):
     """Import recipes/<name>/run.py as a module (recipes are scripts, not a package)."""
-    import importlib.util
+    from recipes_lib.cli import import_recipe
 
-    path = REPO / "recipes" / name / "run.py"
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return import_recipe(REPO / "recipes" / name)
