@@ -27,7 +27,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Real checkpoints and data that work offline (see recipes_lib/assets.py), into $RECIPES_CACHE.
+# Real checkpoints and data that work offline (see recipes_lib/commands/assets.py), into $RECIPES_CACHE.
 assets: install
 	$(VENV)/bin/recipes assets
 

@@ -14,9 +14,11 @@ tweets), the same samples, learning rate, batch size, epoch and seed, max_seq_le
                   (--train_sampling_strategy random). Same batches as run_glue, so any accuracy
                   difference to run_glue comes from padding alone, and to recipe from the batch order.
 
-Each runs in its own process (train, then evaluate on the held-out tweets). A Trainer subclass
-counts the attention mask of every training batch (padding efficiency = real tokens / processed
-tokens) and a callback times every step. Writes outputs/bench/bert_padding.json.
+Each runs in its own process: the recipe's `build(argv)` makes its Trainer, which is trained and
+then evaluated on the held-out tweets (`trainer.evaluate()`, the recipe's compute_metrics; the
+recipe's saving, predictions files and plots are left out). The Trainer's own train dataloader is
+wrapped to count the attention mask of every training batch (padding efficiency = real tokens /
+processed tokens) and a callback times every step. Writes outputs/bench/bert_padding.json.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
     p.add_argument("--repeats", type=int, default=1, help="runs per pipeline, alternating; medians reported")
-    p.add_argument("--pipelines", nargs="+", choices=list(PIPELINES), default=list(PIPELINES),
-                   help="recipe and run_glue are always run")  # fmt: skip
+    p.add_argument(
+        "--pipelines",
+        nargs="+",
+        choices=list(PIPELINES),
+        default=list(PIPELINES),
+        help="recipe and run_glue are always run",
+    )
     p.add_argument("--child", choices=list(PIPELINES), help=argparse.SUPPRESS)
     p.add_argument("--child_out", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -56,71 +63,60 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe_argv(args: argparse.Namespace, pipeline: str, output_dir: Path) -> list[str]:
     return [
-        "--config", h.demo_config("bert_cls"),
-        "--max_seq_length", str(args.max_seq_length),
-        "--max_train_samples", str(args.train_samples),
-        "--max_eval_samples", str(args.eval_samples),
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--learning_rate", str(args.learning_rate),
-        "--num_train_epochs", str(args.epochs),
-        "--seed", str(args.seed),
-        "--eval_on_start", "false",  # the demo's before-training evaluation is not part of this comparison
-        "--output_dir", str(output_dir),
-        "--overwrite_output_dir", "true",
-        "--report_to", "none",
-        "--log_level", "warning",
+        f"--config={h.demo_config('bert_cls')}",
+        f"--max_seq_length={args.max_seq_length}",
+        f"--max_train_samples={args.train_samples}",
+        f"--max_eval_samples={args.eval_samples}",
+        f"--per_device_train_batch_size={args.batch_size}",
+        f"--learning_rate={args.learning_rate}",
+        f"--num_train_epochs={args.epochs}",
+        f"--seed={args.seed}",
+        "--eval_on_start=false",  # the demo's before-training evaluation is not part of this comparison
+        f"--output_dir={output_dir}",
+        "--overwrite_output_dir=true",
+        "--report_to=none",
+        "--log_level=warning",
         *PIPELINES[pipeline],
-    ]  # fmt: skip
+    ]
 
 
 def child(args: argparse.Namespace) -> None:
-    """One pipeline, in this process: the whole recipe run, with batches counted and steps timed."""
-    from transformers import Trainer
-
-    class CountingTrainer(Trainer):
-        instances: list = []
-
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            self.timer = h.step_timer_callback()
-            self.add_callback(self.timer)
-            self.batch_rows: list[int] = []
-            self.batch_lengths: list[int] = []
-            self.batch_real_tokens: list[int] = []
-            self.real_tokens = self.processed_tokens = 0
-            CountingTrainer.instances.append(self)
-
-        def training_step(self, model, inputs, *a, **kw):  # noqa: ANN001 - Trainer API
-            mask = inputs["attention_mask"]
-            self.batch_rows.append(mask.shape[0])
-            self.batch_lengths.append(mask.shape[1])
-            self.batch_real_tokens.append(int(mask.sum()))
-            self.real_tokens += self.batch_real_tokens[-1]
-            self.processed_tokens += mask.numel()
-            return super().training_step(model, inputs, *a, **kw)
-
+    """One pipeline, in this process: the recipe's own Trainer (from its `build`), trained and then
+    evaluated on the held-out tweets with the recipe's compute_metrics, with every training batch
+    counted and every step timed."""
     out_dir = h.RESULTS_DIR / NAME / args.child
-    metrics = h.run_recipe("bert_cls", recipe_argv(args, args.child, out_dir), CountingTrainer)
-    trainer = CountingTrainer.instances[-1]
-    durations = h.step_durations(trainer.timer.ends)
+    trainer = h.build_recipe("bert_cls", recipe_argv(args, args.child, out_dir)).trainer
+    masks = []  # the attention mask of every training batch, as the training loop receives it
+    h.wrap_train_dataloader(trainer, on_batch=lambda batch: masks.append(batch["attention_mask"]))
+    timer = h.step_timer_callback()
+    trainer.add_callback(timer)
+    train_metrics = trainer.train().metrics
+    eval_metrics = trainer.evaluate()
+
+    durations = h.step_durations(timer.ends)
+    batch_rows = [mask.shape[0] for mask in masks]
+    batch_lengths = [mask.shape[1] for mask in masks]
+    batch_real_tokens = [int(mask.sum()) for mask in masks]
+    real_tokens = sum(batch_real_tokens)
+    processed_tokens = sum(mask.numel() for mask in masks)
     result = {
         "steps": len(durations),
         "step_seconds": durations,
-        "batch_rows": trainer.batch_rows,
-        "batch_lengths": trainer.batch_lengths,
-        "batch_real_tokens": trainer.batch_real_tokens,
-        "samples_per_second": h.rate(trainer.batch_rows, durations, args.warmup),
+        "batch_rows": batch_rows,
+        "batch_lengths": batch_lengths,
+        "batch_real_tokens": batch_real_tokens,
+        "samples_per_second": h.rate(batch_rows, durations, args.warmup),
         "median_step_seconds": h.median(h.steady(durations, args.warmup)),
-        "trainer_train_samples_per_second": metrics["train_samples_per_second"],
-        "train_runtime": metrics["train_runtime"],
-        "padding_efficiency": trainer.real_tokens / trainer.processed_tokens,
-        "real_tokens": trainer.real_tokens,
-        "processed_tokens": trainer.processed_tokens,
-        "mean_batch_length": sum(trainer.batch_lengths) / len(trainer.batch_lengths),
-        "eval_accuracy": metrics["eval_accuracy"],
-        "eval_f1": metrics["eval_f1"],
-        "eval_loss": metrics["eval_loss"],
-        "train_loss": metrics["train_loss"],
+        "trainer_train_samples_per_second": train_metrics["train_samples_per_second"],
+        "train_runtime": train_metrics["train_runtime"],
+        "padding_efficiency": real_tokens / processed_tokens,
+        "real_tokens": real_tokens,
+        "processed_tokens": processed_tokens,
+        "mean_batch_length": sum(batch_lengths) / len(batch_lengths),
+        "eval_accuracy": eval_metrics["eval_accuracy"],
+        "eval_f1": eval_metrics["eval_f1"],
+        "eval_loss": eval_metrics["eval_loss"],
+        "train_loss": train_metrics["train_loss"],
         "output_dir": str(out_dir),
     }
     Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
@@ -139,11 +135,13 @@ def attribution(runs: dict[str, list[dict]], med) -> dict[str, float]:  # noqa: 
         "dynamic_random trains on run_glue's batches (1 = yes)": float(same),
         "speedup from per-batch padding (dynamic_random / run_glue)": sps["dynamic_random"] / sps["run_glue"],
         "speedup from length grouping (recipe / dynamic_random)": sps["recipe"] / sps["dynamic_random"],
-        "accuracy points from per-batch padding (dynamic_random - run_glue)":
-            100 * (acc["dynamic_random"] - acc["run_glue"]),
-        "accuracy points from length grouping (recipe - dynamic_random)":
-            100 * (acc["recipe"] - acc["dynamic_random"]),
-    }  # fmt: skip
+        "accuracy points from per-batch padding (dynamic_random - run_glue)": (
+            100 * (acc["dynamic_random"] - acc["run_glue"])
+        ),
+        "accuracy points from length grouping (recipe - dynamic_random)": (
+            100 * (acc["recipe"] - acc["dynamic_random"])
+        ),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -201,19 +199,30 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     path = h.write_result(NAME, result)
-    rows = [
-        (p, med(p, "samples_per_second"), med(p, "trainer_train_samples_per_second"),
-         runs[p][0]["padding_efficiency"], runs[p][0]["mean_batch_length"], runs[p][0]["eval_accuracy"],
-         runs[p][0]["eval_f1"])
-        for p in pipelines
-    ]  # fmt: skip
-    print(
-        h.markdown_table(
-            ["pipeline", "samples/s (steady)", "samples/s (Trainer, whole run)", "padding efficiency",
-             "mean batch length", "eval_accuracy", "eval_f1"],
-            rows,
+    header = [
+        "pipeline",
+        "samples/s (steady)",
+        "samples/s (Trainer, whole run)",
+        "padding efficiency",
+        "mean batch length",
+        "eval_accuracy",
+        "eval_f1",
+    ]
+    rows = []
+    for p in pipelines:
+        first = runs[p][0]
+        rows.append(
+            (
+                p,
+                med(p, "samples_per_second"),
+                med(p, "trainer_train_samples_per_second"),
+                first["padding_efficiency"],
+                first["mean_batch_length"],
+                first["eval_accuracy"],
+                first["eval_f1"],
+            )
         )
-    )  # fmt: skip
+    print(h.markdown_table(header, rows))
     print(f"\nspeedup recipe / run_glue: {speedup:.2f}x steady ({trainer_speedup:.2f}x Trainer's own figure)")
     print(f"accuracy gap: {100 * accuracy_gap:+.1f} points")
     for key, value in result["attribution"].items():

@@ -3,12 +3,12 @@
     python benchmarks/bench_overhead.py                  # MiniLM on tweets, 5 + 40 steps x 2 repeats, ~2 min
     python benchmarks/bench_overhead.py --steps 100 --repeats 3
 
-The recipe (recipes/bert_cls/run.py, configs/demo.yaml) builds its Trainer; its training batches are
-taken from `trainer.get_train_dataloader()` once and kept, so both loops get the same tensors in the
-same order. Each repeat then times, in alternating order:
+The recipe's own `build(argv)` (recipes/bert_cls/run.py, configs/demo.yaml) makes its Trainer; its
+training batches are taken from `trainer.get_train_dataloader()` once and kept, so both loops get
+the same tensors in the same order. Each repeat then times, in alternating order:
 
   trainer  a freshly built recipe Trainer (same seed, so the same initial weights) with the
-           callbacks train_and_evaluate attaches (NaN guard, peak memory), fed the kept batches
+           callbacks the recipe gives it (NaN guard, peak memory), fed the kept batches
   raw      the same fresh model in a plain loop: forward, backward, clip_grad_norm_(max_grad_norm),
            AdamW (the class and arguments Trainer picks for these TrainingArguments, weight decay
            off for biases and norms, as Trainer does), linear warmup/decay schedule, zero_grad
@@ -41,18 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def recipe_argv(args: argparse.Namespace) -> list[str]:
     total = args.steps + args.warmup
     return [
-        "--config", h.demo_config("bert_cls"),
-        "--max_train_samples", str(total * args.batch_size),
-        "--max_eval_samples", "16",  # never evaluated here
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--max_seq_length", str(args.max_seq_length),
-        "--max_steps", str(total),
-        "--eval_on_start", "false",
-        "--output_dir", str(h.RESULTS_DIR / NAME / "run"),
-        "--overwrite_output_dir", "true",
-        "--report_to", "none",
-        "--log_level", "warning",
-    ]  # fmt: skip
+        f"--config={h.demo_config('bert_cls')}",
+        f"--max_train_samples={total * args.batch_size}",
+        "--max_eval_samples=16",  # never evaluated here
+        f"--per_device_train_batch_size={args.batch_size}",
+        f"--max_seq_length={args.max_seq_length}",
+        f"--max_steps={total}",
+        "--eval_on_start=false",
+        f"--output_dir={h.RESULTS_DIR / NAME / 'run'}",
+        "--overwrite_output_dir=true",
+        "--report_to=none",
+        "--log_level=warning",
+    ]
 
 
 def keep_batches(trainer, count: int) -> list[dict]:  # noqa: ANN001
@@ -74,7 +74,7 @@ def batch_loader(batches: list[dict]):  # noqa: ANN201
 def trainer_run(args: argparse.Namespace, batches: list[dict]) -> tuple[list[float], dict]:
     from transformers import set_seed
 
-    trainer = h.build_recipe_trainer("bert_cls", recipe_argv(args))
+    trainer = h.build_recipe("bert_cls", recipe_argv(args)).trainer
     timer = h.step_timer_callback()
     trainer.add_callback(timer)
     trainer.get_train_dataloader = lambda: batch_loader(batches)
@@ -91,9 +91,9 @@ def raw_run(args: argparse.Namespace, batches: list[dict]) -> tuple[list[float],
     import torch
     from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
 
-    trainer = h.build_recipe_trainer("bert_cls", recipe_argv(args))  # only for its fresh model and args
-    model, targs = trainer.model, trainer.args
-    del trainer
+    setup = h.build_recipe("bert_cls", recipe_argv(args))  # only for its fresh model and args
+    model, targs = setup.trainer.model, setup.training_args
+    del setup
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
     decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower()]
     no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n.lower()]
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{NAME}: MiniLM on tweets, {args.warmup} + {args.steps} steps x {args.repeats} repeats", flush=True
     )
-    batches = keep_batches(h.build_recipe_trainer("bert_cls", recipe_argv(args)), args.steps + args.warmup)
+    batches = keep_batches(h.build_recipe("bert_cls", recipe_argv(args)).trainer, args.steps + args.warmup)
     loops = {"trainer": trainer_run, "raw": raw_run}
     durations: dict[str, list[list[float]]] = {"trainer": [], "raw": []}
     weight_gap = None
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         (k, 1000 * medians[k], 1000 * min(steady[k]), 1000 * max(steady[k]), len(steady[k])) for k in loops
     ]
     print(h.markdown_table(["loop", "median step ms", "min ms", "max ms", "timed steps"], rows))
-    print(f"\noverhead trainer / raw: {overhead:.3f}x (median step); per repeat, total time: "
-          f"{', '.join(f'{r:.3f}x' for r in per_repeat)}")  # fmt: skip
+    totals = ", ".join(f"{r:.3f}x" for r in per_repeat)
+    print(f"\noverhead trainer / raw: {overhead:.3f}x (median step); per repeat, total time: {totals}")
     print(f"max |weight difference| after training: {weight_gap:.2e}")
     print(f"  overhead <= 1.10: {h.verdict(overhead <= 1.10)}")
     print(f"wrote {path}")

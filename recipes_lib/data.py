@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 
 from recipes_lib.errors import ConfigError, DataError
 
@@ -33,8 +33,12 @@ BUILDERS = {
 }
 
 # Column names detected when text_column / text_pair_column are unset, most specific first.
-PAIR_COLUMNS = [("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"),
-                ("premise", "hypothesis")]  # fmt: skip
+PAIR_COLUMNS = [
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("premise", "hypothesis"),
+]
 SINGLE_COLUMNS = ["sentence", "text"]
 LABEL_COLUMNS = ["label", "labels"]
 
@@ -266,3 +270,44 @@ def finish_splits(splits: DatasetDict, data_args: DataArguments, seed: int = 42)
         if len(ds) == 0:
             raise DataError(f"the {split} split is empty")
     return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
+
+
+def has_labels(ds: Dataset, label_column: str) -> bool:
+    """False when the label column is missing or holds only placeholders: GLUE's test splits
+    label every example -1 (ClassLabel) or -1.0 (STS-B), other sets leave the cells empty."""
+    if label_column not in ds.column_names:
+        return False
+    return any(v is not None and v != -1 for v in ds.unique(label_column))
+
+
+def with_label_names(ds: Dataset, columns: Sequence[str], label_names: Sequence[str]) -> Dataset:
+    """The given columns of `ds` (those it has), ClassLabel ids shown as class names: the
+    inputs that a predictions file writes beside each prediction."""
+    ds = ds.select_columns([c for c in columns if c in ds.column_names])
+    for name, feature in ds.features.items():
+        if isinstance(feature, ClassLabel):
+            ds = ds.cast_column(name, Value("string")).map(lambda ex, c=name: {c: label_names[int(ex[c])]})
+    return ds
+
+
+def check_label_sets(splits: DatasetDict, label_column: str) -> None:
+    """A classifier needs two classes or more in train, and every validation or test label must
+    occur in train (a class it never saw cannot be learned). Placeholder labels (-1, empty) of
+    unlabelled test data are left alone."""
+    feature = splits["train"].features[label_column]
+
+    def name(value: Any) -> str:
+        return feature.int2str(value) if isinstance(feature, ClassLabel) else str(value)
+
+    train = set(splits["train"].unique(label_column))
+    if len(train) < 2:
+        raise DataError(
+            f"every training example has the label {name(next(iter(train)))!r}: a classifier needs at "
+            f"least two classes; check label_column ({label_column!r}) and the training data"
+        )
+    for split in ("validation", "test"):
+        if split in splits and label_column in splits[split].column_names:
+            unseen = set(splits[split].unique(label_column)) - train - {-1, None}
+            if unseen:
+                shown, known = sorted(name(v) for v in unseen)[:5], sorted(name(v) for v in train)
+                raise DataError(f"{split} labels {shown} never occur in train (train has {known})")

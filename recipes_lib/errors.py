@@ -70,15 +70,18 @@ def loading_model(name_or_path: str) -> Iterator[None]:
         ) from err
 
 
+def is_bare_debug(argv: Sequence[str], i: int) -> bool:
+    """True when `argv[i]` is a bare `--debug` (no value after it; `--debug underflow_overflow`
+    is TrainingArguments' own option). The config parser drops it before parsing."""
+    return argv[i] == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--"))
+
+
 def debug_requested(argv: Sequence[str] | None = None) -> bool:
-    """True for a bare `--debug` flag (no value after it) or `RECIPES_DEBUG=1`."""
+    """True for a bare `--debug` flag or `RECIPES_DEBUG=1`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("RECIPES_DEBUG", "") not in ("", "0"):
         return True
-    for i, arg in enumerate(argv):
-        if arg == "--debug" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            return True
-    return False
+    return any(is_bare_debug(argv, i) for i in range(len(argv)))
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -1,30 +1,26 @@
-"""Image data: reading images safely, image-folder trees, sizes from an image processor, offline digits.
+"""Image data: reading images safely and image-folder trees.
 
 `open_rgb` opens one image (a path or bytes, as datasets' `Image(decode=False)` stores it)
 as RGB and turns an unreadable file into one `DataError` naming it. `load_image_folders`
-reads `class_name/*.png`-style trees with the datasets `imagefolder` builder.
-`write_digits_imagefolder` writes scikit-learn's digits as such a tree: real images that
-need no network, for tests and the offline demo.
+reads `class_name/*.png`-style trees with the datasets `imagefolder` builder; `check_images`
+finds unreadable images before training.
 """
 
 from __future__ import annotations
 
 import io
-import json
+import logging
 import os
-import shutil
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import DatasetDict, load_dataset
 from PIL import Image as PILImage
 
-from recipes_lib.data import LABEL_COLUMNS, pick_column, require_columns
 from recipes_lib.errors import DataError
 
-DIGITS_MARKER = ".digits.json"
-IMAGE_COLUMNS = ["image", "img"]  # detected when image_column is unset (beans: image, CIFAR-10: img)
+logger = logging.getLogger(__name__)
 
 
 class ImageReadError(DataError):
@@ -59,35 +55,6 @@ def open_rgb(image: Any) -> PILImage.Image:
         raise ImageReadError(f"cannot read image {name}: {err}; fix or remove the file") from err
 
 
-def detect_image_columns(ds: Dataset, image_column: str | None, label_column: str | None) -> tuple[str, str]:
-    """Resolve (image, label) columns: the configured names, else `image`/`img` and `label`/`labels`."""
-    image_column = pick_column(ds.column_names, image_column, IMAGE_COLUMNS, "image_column")
-    label_column = pick_column(ds.column_names, label_column, LABEL_COLUMNS, "label_column")
-    require_columns(ds, [image_column, label_column])
-    return image_column, label_column
-
-
-def resize_settings(image_processor: Any) -> tuple[int | tuple[int, int], int | tuple[int, int], int]:
-    """(resize, crop, interpolation) that evaluate images the way the checkpoint's processor does.
-
-    A `shortest_edge` size (ResNet/ConvNeXt processors) resizes the short side to
-    size / crop_pct and center-crops `size` (224 / 0.875 = 256, then 224: the ImageNet
-    protocol); a `height` x `width` size (ViT) resizes to exactly that. A separate `crop_size`
-    (CLIP-style processors) is cropped after resizing to `size`. `interpolation` is the
-    processor's PIL resampling filter (ResNet: bicubic), which torchvision accepts as is.
-    """
-    size = image_processor.size
-    interpolation = int(getattr(image_processor, "resample", None) or PILImage.BILINEAR)
-    crop_size = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop_size is not None:
-        crop = (crop_size.height, crop_size.width) if crop_size.height else crop_size.shortest_edge
-        return size.shortest_edge or (size.height, size.width), crop, interpolation
-    if size.shortest_edge:
-        crop_pct = getattr(image_processor, "crop_pct", None) or 1.0
-        return int(size.shortest_edge / crop_pct), size.shortest_edge, interpolation
-    return (size.height, size.width), (size.height, size.width), interpolation
-
-
 def load_image_folders(
     train_dir: str, validation_dir: str | None = None, test_dir: str | None = None
 ) -> DatasetDict:
@@ -101,6 +68,13 @@ def load_image_folders(
     for split, d in dirs.items():
         if not Path(d).is_dir():
             raise DataError(f"{split} image folder not found: {d}")
+        empty = sorted(
+            c.name for c in Path(d).iterdir() if c.is_dir() and not any(f.is_file() for f in c.rglob("*"))
+        )
+        if empty:
+            raise DataError(
+                f"class folder {Path(d) / empty[0]} holds no images; add images or remove the folder"
+            )
     try:
         loaded = load_dataset("imagefolder", data_files={s: str(Path(d) / "**") for s, d in dirs.items()})
     except Exception as err:  # datasets reports an empty or label-less tree in several ways
@@ -111,89 +85,39 @@ def load_image_folders(
     return DatasetDict(dict(loaded))
 
 
-def write_digits_imagefolder(
-    dest: Path, size: int = 32, validation_fraction: float = 0.2, seed: int = 0
-) -> Path:
-    """Write scikit-learn's digits (1,797 8x8 grayscale images, classes 0-9) as an image folder.
+def check_images(splits: DatasetDict, image_column: str, skip_bad: bool = False) -> DatasetDict:
+    """Find every image that cannot be read before training starts, not hours into an epoch.
 
-    Layout: `dest/train/<digit>/<index>.png` and `dest/validation/<digit>/<index>.png`, upscaled
-    to `size` x `size` RGB, split stratified by class with `seed`. Written to a temporary folder
-    and renamed into place, so an interrupted call leaves nothing half-written; a second call
-    with the same arguments returns at once. Returns `dest`.
+    A header check (PIL's `verify()`, well under a millisecond per image) of each image of each
+    split, in threads. Unreadable ones raise one DataError naming the first and the count, or
+    with `skip_bad` are dropped with a warning that counts them. The column must be undecoded
+    (`Image(decode=False)`), as the recipes keep it.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    checked = {}
+    for split, ds in splits.items():
+        images = [im for batch in ds.select_columns([image_column]).iter(1024) for im in batch[image_column]]
+        with ThreadPoolExecutor(max_workers=min(16, 4 * (os.cpu_count() or 1))) as pool:
+            bad = [i for i, ok in enumerate(pool.map(_readable, images)) if not ok]
+        if bad and not skip_bad:
+            first = images[bad[0]].get("path") or f"{split}[{bad[0]}]"
+            raise DataError(
+                f"{len(bad)} of {len(ds)} {split} images cannot be read (first: {first}); fix or remove "
+                "them, or set skip_bad_images: true to leave them out"
+            )
+        if bad:
+            logger.warning("skip_bad_images: left out %d unreadable %s images", len(bad), split)
+            keep = sorted(set(range(len(ds))) - set(bad))
+            ds = ds.select(keep)
+            if len(ds) == 0:
+                raise DataError(f"no readable image is left in the {split} split")
+        checked[split] = ds
+    return DatasetDict(checked)
 
-    dest = Path(dest)
-    settings = {"size": size, "validation_fraction": validation_fraction, "seed": seed}
-    if _digits_written(dest, settings):
-        return dest
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and holds no digits written with {settings}; pick another dest")
 
-    digits = load_digits()
-    indices = list(range(len(digits.target)))
-    train_idx, val_idx = train_test_split(
-        indices, test_size=validation_fraction, random_state=seed, stratify=digits.target
-    )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+def _readable(image: dict[str, Any]) -> bool:
     try:
-        for split, idx in (("train", train_idx), ("validation", val_idx)):
-            for i in idx:
-                folder = tmp / split / str(digits.target[i])
-                folder.mkdir(parents=True, exist_ok=True)
-                pixels = (digits.images[i] * (255 / 16)).round().astype("uint8")  # values are 0..16
-                image = PILImage.fromarray(pixels).resize((size, size), PILImage.BILINEAR)
-                image.convert("RGB").save(folder / f"{i:04d}.png")
-        (tmp / DIGITS_MARKER).write_text(json.dumps(settings), encoding="utf-8")
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not _digits_written(dest, settings):  # another process finishing first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _digits_written(dest: Path, settings: dict[str, Any]) -> bool:
-    marker = dest / DIGITS_MARKER
-    if not marker.is_file():
+        with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as opened:
+            opened.verify()
+        return True
+    except Exception:  # PIL raises many kinds for a broken file
         return False
-    written = json.loads(marker.read_text(encoding="utf-8"))
-    if written != settings:
-        raise FileExistsError(
-            f"{dest} holds digits written with {written}, not {settings}; pick another dest"
-        )
-    return True
-
-
-def write_resnet_config_folder(dest: Path, image_size: int = 32) -> Path:
-    """A model folder holding only a small ResNet's config and an image processor, for
-    `from_scratch: true` runs where no pretrained weights exist (the offline demo).
-
-    ResNet-18's basic blocks at a quarter of the width (about 0.7M parameters): big enough to
-    learn 32x32 digits in a few epochs on a CPU. No weights are written, so it cannot be
-    mistaken for a pretrained checkpoint. Idempotent.
-    """
-    from transformers import ConvNextImageProcessor, ResNetConfig
-
-    dest = Path(dest)
-    if (dest / "config.json").is_file() and (dest / "preprocessor_config.json").is_file():
-        return dest
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent if dest.parent.exists() else None)
-    )
-    config = ResNetConfig(
-        embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[2, 2, 2, 2], layer_type="basic"
-    )
-    config.save_pretrained(tmp)
-    ConvNextImageProcessor(  # the processor class microsoft/resnet-50 uses, at the images' own size
-        size={"shortest_edge": image_size}, crop_pct=1.0,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-    ).save_pretrained(tmp)  # fmt: skip
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest

@@ -8,6 +8,7 @@ name is handed to `evaluate.load`, which works where the Hub is reachable.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -54,9 +55,23 @@ REGRESSION_FNS = {
 }
 
 
-def _logits(predictions: np.ndarray | tuple) -> np.ndarray:
-    # Models that return extra outputs give a tuple; the logits come first.
+def logits_of(predictions: np.ndarray | tuple) -> np.ndarray:
+    """The logits in Trainer's predictions: models that return extra outputs give a tuple,
+    the logits first."""
     return predictions[0] if isinstance(predictions, tuple) else predictions
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits (last axis), in float64."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(shifted - shifted.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` less Trainer's `*_runtime` and `*_per_second` entries: the ones that measure
+    the model rather than the machine."""
+    return {k: v for k, v in metrics.items() if not k.endswith(("_runtime", "_per_second"))}
 
 
 def classification_metrics(num_labels: int, names: Sequence[str] | None = None) -> ComputeMetrics:
@@ -69,7 +84,7 @@ def classification_metrics(num_labels: int, names: Sequence[str] | None = None) 
     remote = {name: _load_evaluate(name) for name in names if name not in local and name != "top5_accuracy"}
 
     def compute(pred: EvalPrediction) -> dict[str, float]:
-        logits = _logits(pred.predictions)
+        logits = logits_of(pred.predictions)
         refs = np.asarray(pred.label_ids).reshape(-1)
         preds = logits.argmax(-1).reshape(-1)
         out = {name: float(local[name](refs, preds)) for name in names if name in local}
@@ -88,7 +103,7 @@ def regression_metrics(names: Sequence[str] | None = None) -> ComputeMetrics:
     remote = {name: _load_evaluate(name) for name in names if name not in REGRESSION_FNS}
 
     def compute(pred: EvalPrediction) -> dict[str, float]:
-        preds = np.asarray(_logits(pred.predictions), dtype=np.float64).reshape(-1)
+        preds = np.asarray(logits_of(pred.predictions), dtype=np.float64).reshape(-1)
         refs = np.asarray(pred.label_ids, dtype=np.float64).reshape(-1)
         out = {name: float(REGRESSION_FNS[name](refs, preds)) for name in names if name in REGRESSION_FNS}
         for module in remote.values():

@@ -1,16 +1,15 @@
-"""What a finished run leaves for people: plots, run facts, and tables beside baselines.
+"""What one run leaves for people: curves, confusion matrix, model card, run_info.json.
 
 `plot_training_curves` and `write_confusion_matrix` draw PNGs in `output_dir`;
-`run_facts` records which recipe, config and hardware produced a run; `report_rows` reads
-run folders back and compares their metric with the config's `expected:` block.
+`write_model_card` adds the final metrics and the configuration to Trainer's model card;
+`run_info` records which recipe, config and hardware produced a run. (`recipes report` reads
+run folders back: recipes_lib/commands/report.py.)
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
+import logging
 import os
 import platform
 from collections.abc import Iterable, Sequence
@@ -18,24 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from transformers import Trainer, TrainingArguments
 
-RUN_FACTS = "run_info.json"
-LOWER_IS_BETTER = ("loss", "perplexity", "mse", "error")
+logger = logging.getLogger(__name__)
 
-
-def lower_is_better(metric: str) -> bool:
-    """True for losses, perplexity, MSE and error rates."""
-    return any(word in metric for word in LOWER_IS_BETTER)
+RUN_INFO = "run_info.json"
 
 
-def metric_key(name: str) -> str:
-    """The key of a metric in all_results.json: `accuracy` -> `eval_accuracy`; `eval_*` and the
-    derived `perplexity*` keys stay as they are."""
-    return name if name.startswith(("eval_", "perplexity")) else f"eval_{name}"
-
-
-def _pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless
+def pyplot():  # noqa: ANN202 - matplotlib.pyplot, imported lazily and headless
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,7 +50,7 @@ def hardware_description() -> str:
     return f"CPU: {cpu} ({os.cpu_count()} cores)"
 
 
-def run_facts(recipe: str | None, config_file: str | None, world_size: int) -> dict[str, Any]:
+def run_info(recipe: str | None, config_file: str | None, world_size: int) -> dict[str, Any]:
     """Which recipe, config, hardware and library versions produced a run."""
     import torch
     import transformers
@@ -76,39 +65,90 @@ def run_facts(recipe: str | None, config_file: str | None, world_size: int) -> d
     }
 
 
-def plot_training_curves(log_history: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss and every logged eval metric over steps, one panel each, as a PNG."""
+# The main metric of a run when metric_for_best_model does not name one, in this order.
+MAIN_METRICS = ("perplexity", "eval_accuracy", "eval_pearson", "eval_f1", "eval_loss")
+
+
+def plot_training_curves(
+    log_history: Sequence[dict[str, Any]], path: Path, args: TrainingArguments | None = None
+) -> Path | None:
+    """The losses and the main eval metric over steps, as lines, with the evaluation before
+    training (step 0) and the final one marked and labelled. Two panels at most."""
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
-    eval_keys = sorted(
-        {
-            k
-            for e in log_history
-            for k in e
-            if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))
-        }
-    )
-    panels = ([("train loss", train)] if train else []) + [
-        (key, [(e["step"], e[key]) for e in log_history if key in e and "step" in e]) for key in eval_keys
-    ]
-    panels = [(name, points) for name, points in panels if points]
+    evals = [e for e in log_history if "eval_loss" in e and "step" in e]
+    main = _main_metric_key(log_history, args)
+    panels = []
+    if train or evals:
+        panels.append(
+            ("loss", [("train loss", train), ("eval loss", [(e["step"], e["eval_loss"]) for e in evals])])
+        )
+    if main is not None:
+        panels.append(
+            (main, [(main, [(e["step"], e[main]) for e in log_history if main in e and "step" in e])])
+        )
     if not panels:
         return None
-    plt = _pyplot()
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    for ax, (name, points) in zip(axes.flat, panels, strict=False):
-        steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, marker="o" if len(points) < 30 else None)
-        ax.set_title(name)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, lines) in zip(axes.flat, panels, strict=True):
+        for label, points in lines:
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            ax.plot(
+                steps, values, marker="o" if len(points) < 30 and label != "train loss" else None, label=label
+            )
+            if label != "train loss":
+                _mark_before_and_after(ax, points)
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _main_metric_key(log_history: Sequence[dict[str, Any]], args: TrainingArguments | None) -> str | None:
+    logged = {k for e in log_history for k in e}
+    chosen = getattr(args, "metric_for_best_model", None)
+    if chosen and not chosen.endswith("loss"):
+        key = chosen if chosen.startswith("eval_") else f"eval_{chosen}"
+        if key in logged:
+            return key
+    return next((k for k in MAIN_METRICS if k in logged and not k.endswith("loss")), None)
+
+
+def _mark_before_and_after(ax: Any, points: list[tuple[int, float]]) -> None:
+    marks = []
+    if points[0][0] == 0:
+        marks.append(("before", points[0]))
+    if len(points) > 1 or not marks:
+        marks.append(("after", points[-1]))
+    for name, (step, value) in marks:
+        ax.scatter([step], [value], s=80, zorder=3, edgecolors="black")
+        ax.annotate(f"{name}: {value:.4g}", (step, value), textcoords="offset points", xytext=(6, 6))
+
+
+def write_model_card(
+    trainer: Trainer, metrics: dict[str, Any], card: dict[str, Any], resolved_config: Path
+) -> None:
+    """Trainer's model card (README.md) plus the final metrics and the resolved configuration."""
+    out = Path(trainer.args.output_dir)
+    try:
+        trainer.create_model_card(**card)
+    except Exception as err:  # the card is a nicety; offline Hub lookups must not fail the run
+        logger.warning("model card not written: %s", err)
+        return
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
+    )
+    config = resolved_config.read_text(encoding="utf-8") if resolved_config.is_file() else ""
+    with open(out / "README.md", "a", encoding="utf-8") as readme:
+        readme.write(f"\n## Final metrics\n\n| metric | value |\n|---|---|\n{rows}\n")
+        readme.write(f"\n## Configuration\n\nRepeat this run with `--config {resolved_config.name}`:\n\n")
+        readme.write(f"```yaml\n{config}```\n")
 
 
 def write_confusion_matrix(
@@ -120,7 +160,7 @@ def write_confusion_matrix(
     matrix = confusion_matrix(list(references), list(predictions), labels=list(range(len(label_names))))
     result = {"labels": list(label_names), "matrix": matrix.tolist()}
     (output_dir / "confusion_matrix.json").write_text(json.dumps(result, indent=1))
-    plt = _pyplot()
+    plt = pyplot()
     size = min(12, 2 + 0.5 * len(label_names))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -137,88 +177,3 @@ def write_confusion_matrix(
     fig.savefig(output_dir / "confusion_matrix.png", dpi=100)
     plt.close(fig)
     return result
-
-
-# ---- reading runs back: `recipes report`
-
-REPORT_COLUMNS = ["recipe", "config", "model", "dataset", "metric", "value", "expected", "delta", "within",
-                  "runtime_s", "samples_per_s", "hardware", "run_dir"]  # fmt: skip
-
-
-def _main_metric(results: dict[str, Any]) -> str | None:
-    for key in ("perplexity", "eval_accuracy", "eval_pearson", "eval_f1", "eval_loss"):
-        if key in results:
-            return key
-    return next((k for k in results if k.startswith("eval_")), None)
-
-
-def report_row(run_dir: Path) -> dict[str, Any]:
-    """One table row for a finished run folder (all_results.json + resolved_config.yaml)."""
-    run_dir = Path(run_dir)
-    results_path = run_dir / "all_results.json"
-    if not results_path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no finished run (no all_results.json)")
-    results = json.loads(results_path.read_text())
-    config_path = run_dir / "resolved_config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    facts = json.loads((run_dir / RUN_FACTS).read_text()) if (run_dir / RUN_FACTS).is_file() else {}
-    expected = config.get("expected") or {}
-    metric = expected.get("metric") or _main_metric(results)
-    value = results.get(metric)
-    row: dict[str, Any] = {
-        "recipe": facts.get("recipe") or "",
-        "config": Path(facts["config_file"]).name if facts.get("config_file") else "",
-        "model": config.get("model_name_or_path", ""),
-        "dataset": "/".join(str(config[k]) for k in ("dataset_name", "dataset_config_name") if config.get(k))
-        or config.get("train_file")
-        or config.get("train_dir")
-        or "",
-        "metric": metric or "",
-        "value": value,
-        "expected": expected.get("value"),
-        "delta": None,
-        "within": "",
-        "runtime_s": results.get("train_runtime"),
-        "samples_per_s": results.get("train_samples_per_second"),
-        "hardware": facts.get("hardware", ""),
-        "run_dir": str(run_dir),
-    }
-    if value is not None and expected.get("value") is not None:
-        delta = float(value) - float(expected["value"])
-        tolerance = float(expected.get("tolerance", 0.0))
-        row["delta"] = delta
-        lower_better = lower_is_better(metric)
-        if abs(delta) <= tolerance:
-            row["within"] = "yes"
-        elif (delta < 0) == lower_better:
-            row["within"] = "better"
-        else:
-            row["within"] = "no"
-    return row
-
-
-def report_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
-    return [report_row(Path(d)) for d in run_dirs]
-
-
-def _cell(column: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:+.4g}" if column == "delta" else f"{value:.4g}"
-    return str(value)
-
-
-def format_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = REPORT_COLUMNS) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c, row[c]).replace("|", "/") for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def format_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = REPORT_COLUMNS) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()

@@ -3,21 +3,19 @@
 `StrategyArguments` holds the config keys (LoRA, a frozen backbone, early stopping);
 `apply_strategy` turns a freshly built model into the model to train. `from_scratch` (random
 weights) is a model-loading choice and lives in each recipe's ModelArguments; the optimizer is
-TrainingArguments' own `optim`. `PeakMemory` and `parameter_counts` feed the `trainable_params`,
-`total_params` and `peak_memory_mb` entries every run writes to `all_results.json`.
+TrainingArguments' own `optim`; early stopping is transformers' `EarlyStoppingCallback`, which
+each run.py passes to its Trainer when `early_stopping_patience` is set. `parameter_counts`
+feeds the `trainable_params` and `total_params` entries of every run's `all_results.json`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, TrainingArguments
 
 from recipes_lib.errors import ConfigError
 
@@ -190,34 +188,3 @@ def merge_lora_into(output_dir: str | Path, model: nn.Module) -> nn.Module:
     for adapter_file in ("adapter_model.safetensors", "adapter_config.json"):
         (Path(output_dir) / adapter_file).unlink(missing_ok=True)
     return merged
-
-
-class PeakMemory(TrainerCallback):
-    """Peak memory during training, in MiB: CUDA max allocated on a GPU, else the process's peak
-    resident set size (reset when training starts where Linux allows it)."""
-
-    def __init__(self) -> None:
-        self.peak_mb: float | None = None
-
-    def on_train_begin(self, args: TrainingArguments, state, control, **kwargs) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            try:  # "5" resets VmHWM, the peak RSS, to the current RSS
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass
-
-    def on_train_end(self, args: TrainingArguments, state, control, **kwargs) -> None:
-        self.peak_mb = peak_memory_mb()
-
-
-def peak_memory_mb() -> float:
-    """CUDA max allocated on a GPU, else the peak RSS of this process (MiB)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
-    except (OSError, AttributeError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

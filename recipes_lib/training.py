@@ -1,42 +1,50 @@
-"""Running a `transformers.Trainer` the same way in every recipe.
+"""The steps every recipe's run.py takes around `transformers.Trainer`, one helper per step.
 
-`prepare_output_dir` guards the output folder (resume a checkpoint of the same run, never
-clobber a finished or different run) and records the resolved config; `train_and_evaluate`
-trains, saves the model, evaluates, and writes the HF-convention results files plus
-per-example predictions.
+Before training: `setup_logging`, `prepare_output_dir` (resume a checkpoint of the same run,
+never clobber a finished or different run, record the resolved config) and the callbacks a
+recipe passes to `Trainer(callbacks=[...])`: `NonFiniteLossGuard` and `PeakMemory`.
+After training, in the order run.py calls them: `train_metrics`, `predict` (a split in dataset
+order, logged so the curves end with it), `save_results`, `write_predictions` and `finish_run`
+(trainer_state.json, all_results.json, curves, model card, the printed table). Each is one
+line in run.py that a user can delete or reorder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
+import re
+import resource
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 import transformers
 import yaml
 from datasets import Dataset
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    PredictionOutput,
+    TrainOutput,
+    get_last_checkpoint,
+)
 
 from recipes_lib.config import RunArguments, resolved_config
 from recipes_lib.errors import ModelError, OutputDirError, TrainingError
-from recipes_lib.reporting import RUN_FACTS, plot_training_curves, run_facts, write_confusion_matrix
-from recipes_lib.search import active_sweep, run_search
-from recipes_lib.strategies import PeakMemory, StrategyArguments, merge_lora_into, parameter_counts
+from recipes_lib.metrics import without_timings
+from recipes_lib.reporting import RUN_INFO, plot_training_curves, run_info, write_model_card
+from recipes_lib.strategies import parameter_counts
 
 logger = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "resolved_config.yaml"
-PREDICTIONS = "eval_predictions.jsonl"
+ALL_RESULTS = "all_results.json"  # written last: its presence marks a finished run
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -50,23 +58,35 @@ def setup_logging(training_args: TrainingArguments) -> None:
     datasets.utils.logging.set_verbosity(level)
 
 
+# ---- Before training: the output folder and resuming
+
+
 def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments, *parsed: Any) -> str | None:
     """Check `output_dir`, write the resolved config there, and return a checkpoint to resume.
 
     `parsed` is every dataclass parse_config returned. A folder holding a checkpoint of the
-    same configuration resumes from its last checkpoint; one holding a finished run, a run of
-    another configuration, or files that are not a run raises OutputDirError unless
-    `overwrite_output_dir` is set.
+    same configuration resumes from its last complete checkpoint; one holding a finished run, a
+    run of another configuration, or files that are not a run raises OutputDirError unless
+    `overwrite_output_dir` is set. Under several processes the main one decides first (and sets
+    incomplete checkpoints aside); the others look after it, so every rank resumes from the same
+    checkpoint, or every rank stops with the same error.
     """
     for args in parsed:
         if hasattr(args, "model_name_or_path"):
             refuse_pickle_only_model(args.model_name_or_path, run_args.allow_pickle_checkpoints)
+    with training_args.main_process_first(desc="checking output_dir", local=False):
+        return _prepare_output_dir(training_args, run_args, resolved_config(*parsed))
+
+
+def _prepare_output_dir(
+    training_args: TrainingArguments, run_args: RunArguments, config: dict[str, Any]
+) -> str | None:
     out = Path(training_args.output_dir)
-    config = resolved_config(*parsed)
-    comparable = {k: v for k, v in config.items() if k not in ("overwrite_output_dir", "expected")}
     last_checkpoint = None
     # A run that failed before its first checkpoint leaves only start-up files: not a run to keep.
-    holds_run = out.is_dir() and any(p.name not in (RESOLVED_CONFIG, RUN_FACTS) for p in out.iterdir())
+    holds_run = out.is_dir() and any(
+        p.name not in (RESOLVED_CONFIG, RUN_INFO) and not p.name.startswith(".") for p in out.iterdir()
+    )
     if holds_run:
         previous_path = out / RESOLVED_CONFIG
         if run_args.overwrite_output_dir:
@@ -79,18 +99,14 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
                 "pick another output_dir or pass --overwrite_output_dir"
             )
         else:
-            previous = yaml.safe_load(previous_path.read_text(encoding="utf-8")) or {}
-            previous = {k: v for k, v in previous.items() if k not in ("overwrite_output_dir", "expected")}
-            changed = sorted(
-                k for k in set(previous) | set(comparable) if previous.get(k) != comparable.get(k)
-            )
+            changed = _changed_keys(out, config, run_args.machine_keys)
             if changed:
-                key = changed[0]
+                key, before, now = changed[0]
                 raise OutputDirError(
-                    f"output_dir {out} holds another run ({key}: {previous.get(key)!r} there, "
-                    f"{comparable.get(key)!r} now); pick another output_dir or pass --overwrite_output_dir"
+                    f"output_dir {out} holds another run ({key}: {before!r} there, {now!r} now); "
+                    "pick another output_dir or pass --overwrite_output_dir"
                 )
-            if (out / "all_results.json").is_file():
+            if (out / ALL_RESULTS).is_file():
                 raise OutputDirError(
                     f"output_dir {out} already holds a finished run of this config; "
                     "pick another output_dir or pass --overwrite_output_dir to train again"
@@ -99,11 +115,33 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
             if last_checkpoint is not None:
                 logger.warning("resuming from %s", last_checkpoint)
     if training_args.should_save:
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / RESOLVED_CONFIG, yaml.safe_dump(config, sort_keys=False))
-        facts = run_facts(run_args.recipe, run_args.config_file, training_args.world_size)
-        _atomic_write(out / RUN_FACTS, json.dumps(facts, indent=1))
+        info = run_info(run_args.recipe, run_args.config_file, training_args.world_size)
+        info["machine_keys"] = run_args.machine_keys
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / RESOLVED_CONFIG, yaml.safe_dump(config, sort_keys=False))
+            atomic_write(out / RUN_INFO, json.dumps(info, indent=1))
+        except OSError as err:  # read-only, no permission, disk full: before any training time is spent
+            raise OutputDirError(
+                f"cannot write to output_dir {out}: {err.strerror or err}; "
+                "pick a writable folder with free space"
+            ) from err
     return last_checkpoint
+
+
+def _changed_keys(
+    out: Path, config: dict[str, Any], machine_keys: Sequence[str]
+) -> list[tuple[str, Any, Any]]:
+    """The keys whose values differ between the run in `out` and `config`. What the machine filled
+    in (TensorBoard when installed, bf16/tf32 on a GPU), then or now, does not define the run."""
+    previous = yaml.safe_load((out / RESOLVED_CONFIG).read_text(encoding="utf-8")) or {}
+    try:
+        previous_machine = json.loads((out / RUN_INFO).read_text(encoding="utf-8")).get("machine_keys", [])
+    except (OSError, ValueError):
+        previous_machine = []
+    ignored = {"overwrite_output_dir", "expected", *machine_keys, *previous_machine}
+    keys = sorted((set(previous) | set(config)) - ignored)
+    return [(k, previous.get(k), config.get(k)) for k in keys if previous.get(k) != config.get(k)]
 
 
 def refuse_pickle_only_model(name_or_path: str, allow_pickle: bool) -> None:
@@ -145,15 +183,22 @@ def last_complete_checkpoint(out: Path, move_incomplete: bool = True) -> str | N
     return None
 
 
+# ---- Callbacks a recipe passes to Trainer(callbacks=[...])
+
+
 class NonFiniteLossGuard(TrainerCallback):
     """Stop with a TrainingError before a NaN/inf gradient reaches the weights, so every
-    checkpoint on disk stays finite. Skipped under fp16, whose loss scaler handles inf steps."""
+    checkpoint on disk stays finite. One fused norm over all gradients and one host sync per
+    optimizer step. Skipped under fp16, whose loss scaler already skips inf steps."""
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
         if args.fp16:
             return
         grads = [p.grad for p in kwargs["model"].parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum()):
+        if not grads:
+            return
+        total = torch.stack(torch._foreach_norm(grads)).sum()
+        if not torch.isfinite(total):
             raise TrainingError(
                 f"the loss or its gradients became NaN/inf at step {state.global_step + 1}; the last "
                 "checkpoint in output_dir is intact. Lower learning_rate, check the data for NaN labels, "
@@ -161,140 +206,113 @@ class NonFiniteLossGuard(TrainerCallback):
             )
 
 
-@contextlib.contextmanager
-def _eval_in_dataset_order(trainer: Trainer) -> Iterator[None]:
-    # group_by_length also reorders evaluation batches; predictions must line up with examples.
-    strategy = trainer.args.train_sampling_strategy
-    if strategy == "group_by_length":
-        trainer.args.train_sampling_strategy = "random"
+class PeakMemory(TrainerCallback):
+    """Peak memory during training, in MiB: CUDA max allocated on a GPU, else the process's peak
+    resident set size (reset when training starts where Linux allows it)."""
+
+    def __init__(self) -> None:
+        self.peak_mb: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state, control, **kwargs) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            try:  # "5" resets VmHWM, the peak RSS, to the current RSS
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                pass
+
+    def on_train_end(self, args: TrainingArguments, state, control, **kwargs) -> None:
+        self.peak_mb = peak_memory_mb()
+
+
+def peak_memory_mb() -> float:
+    """CUDA max allocated on a GPU, else the peak RSS of this process (MiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
     try:
-        yield
-    finally:
-        trainer.args.train_sampling_strategy = strategy
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def train_and_evaluate(
-    trainer: Trainer,
-    resume_from_checkpoint: str | None = None,
-    eval_inputs: Dataset | None = None,
-    decode_predictions: Callable[[np.ndarray], list[dict[str, Any]]] | None = None,
-    extra_metrics: dict[str, float] | None = None,
-    model_card: dict[str, Any] | None = None,
-    derived_metrics: Callable[[dict[str, float]], dict[str, float]] | None = None,
-    label_names: Sequence[str] | None = None,
-    strategy: StrategyArguments | None = None,
-) -> dict[str, float]:
-    """Train (resuming if asked), save model + state, evaluate, and write results.
+# ---- After training
 
-    Writes `train_results.json`, `eval_results.json`, `all_results.json`, `trainer_state.json`,
-    the model with its processing class, a model card and, when `eval_inputs` and
-    `decode_predictions` are given, `eval_predictions.jsonl`: one object per eval example
-    with its input columns and the decoded prediction. `model_card` is passed to
-    `Trainer.create_model_card` (finetuned_from, dataset, tasks, ...). `derived_metrics` maps
-    the eval metrics to more metrics saved with them (e.g. perplexity from eval_loss). With
-    `label_names` (classification) a confusion matrix is written as JSON and PNG.
-    `training_curves.png` plots the logged loss and eval metrics. `strategy` adds early
-    stopping and merges LoRA adapters into the saved model (see `recipes_lib.strategies`).
-    The train metrics include `trainable_params`, `total_params` and `peak_memory_mb`.
-    Inside `recipes_lib.search.sweeping(...)`, runs the hyperparameter search instead.
-    Returns all metrics.
-    """
-    args = trainer.args
-    strategy = strategy or StrategyArguments()
-    if not any(isinstance(cb, NonFiniteLossGuard) for cb in trainer.callback_handler.callbacks):
-        trainer.add_callback(NonFiniteLossGuard())
-    if strategy.early_stopping_patience is not None:
-        trainer.add_callback(
-            EarlyStoppingCallback(strategy.early_stopping_patience, strategy.early_stopping_threshold)
-        )
-    if (sweep := active_sweep()) is not None:
-        return run_search(trainer, sweep)
-    peak = PeakMemory()
-    trainer.add_callback(peak)
-    train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+
+def train_metrics(trainer: Trainer, result: TrainOutput, peak: PeakMemory | None = None) -> dict[str, Any]:
+    """Trainer's train metrics plus `train_samples`, `trainable_params`, `total_params` and
+    `peak_memory_mb`."""
     trainable, total = parameter_counts(trainer.model)
-    trainer.save_model()
-    trainer.save_state()
-    out = Path(args.output_dir)
-    metrics: dict[str, float] = dict(train_result.metrics)
+    metrics: dict[str, Any] = dict(result.metrics)
     metrics["train_samples"] = len(trainer.train_dataset)
-    metrics.update(
-        trainable_params=trainable, total_params=total, peak_memory_mb=round(peak.peak_mb or 0.0, 1)
-    )
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-
-    if trainer.eval_dataset is not None:
-        with _eval_in_dataset_order(trainer):
-            output = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
-        eval_metrics = dict(output.metrics)
-        eval_metrics["eval_samples"] = len(trainer.eval_dataset)
-        eval_metrics.update(extra_metrics or {})
-        eval_metrics.update(_metrics_before_training(trainer.state.log_history))
-        if derived_metrics is not None:
-            eval_metrics.update(derived_metrics(eval_metrics))
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
-        metrics.update(eval_metrics)
-        if args.should_save and eval_inputs is not None and decode_predictions is not None:
-            write_predictions(out / PREDICTIONS, eval_inputs, decode_predictions(output.predictions))
-        if args.should_save and label_names and output.label_ids is not None:
-            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-            write_confusion_matrix(
-                out, output.label_ids.reshape(-1), logits.argmax(-1).reshape(-1), label_names
-            )
-    elif extra_metrics:
-        trainer.save_metrics("eval", extra_metrics)
-        metrics.update(extra_metrics)
-
-    if strategy.merge_lora and args.should_save:  # after evaluation: the adapter model is left as trained
-        merge_lora_into(args.output_dir, trainer.model)
-    if args.should_save:
-        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
-        try:
-            trainer.create_model_card(**(model_card or {}))
-            _append_to_model_card(out, metrics)
-        except Exception as err:  # the card is a nicety; offline Hub lookups must not fail the run
-            logger.warning("model card not written: %s", err)
-        print_metrics(metrics)
+    metrics.update(trainable_params=trainable, total_params=total)
+    metrics["peak_memory_mb"] = round(peak.peak_mb or 0.0, 1) if peak is not None else None
     return metrics
 
 
-def _metrics_before_training(log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
-    # `eval_on_start: true` evaluates at step 0; keep those as eval_<name>_before beside the final ones.
+def predict(trainer: Trainer, dataset: Dataset, split: str = "eval") -> PredictionOutput:
+    """Predict `dataset` in its own order, with metrics named `<split>_*` when it has labels.
+
+    The metrics are logged (trainer_state.json's log history, TensorBoard), so the curves end
+    with the final evaluation. Every example counts once under several processes.
+    """
+    # group_by_length also reorders evaluation batches; predictions must line up with examples.
+    strategy = trainer.args.train_sampling_strategy
+    trainer.args.train_sampling_strategy = "random"  # evaluation is sequential unless length-grouped
+    try:
+        output = trainer.predict(dataset, metric_key_prefix=split)
+    finally:
+        trainer.args.train_sampling_strategy = strategy
+    output.metrics[f"{split}_samples"] = len(dataset)
+    trainer.log(without_timings(output.metrics))
+    return output
+
+
+def metrics_before_training(log_history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The step-0 evaluation (`eval_on_start: true`, or an evaluate() before train()) as
+    `eval_<name>_before`, to sit beside the final metrics."""
     first = next((e for e in log_history if e.get("step") == 0 and "eval_loss" in e), None)
     if first is None:
         return {}
-    return {f"{k}_before": v for k, v in first.items() if k.startswith("eval_") and not k.endswith(
-        ("_runtime", "_per_second"))}  # fmt: skip
+    return {f"{k}_before": v for k, v in without_timings(first).items() if k.startswith("eval_")}
 
 
-def _append_to_model_card(out: Path, metrics: dict[str, float]) -> None:
-    rows = "\n".join(
-        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()
-    )
-    config = (out / RESOLVED_CONFIG).read_text(encoding="utf-8") if (out / RESOLVED_CONFIG).is_file() else ""
-    with open(out / "README.md", "a", encoding="utf-8") as card:
-        card.write(f"\n## Final metrics\n\n| metric | value |\n|---|---|\n{rows}\n")
-        card.write(f"\n## Configuration\n\nRepeat this run with `--config {RESOLVED_CONFIG}`:\n\n")
-        card.write(f"```yaml\n{config}```\n")
+def save_results(trainer: Trainer, split: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Print `metrics` as Trainer does and write `<split>_results.json`; returns them."""
+    trainer.log_metrics(split, metrics)
+    trainer.save_metrics(split, metrics, combined=False)
+    return metrics
 
 
 def write_predictions(path: Path, inputs: Dataset, decoded: list[dict[str, Any]]) -> None:
     """One JSON object per example: its input columns merged with its decoded prediction."""
     if len(decoded) != len(inputs):
-        raise RuntimeError(f"{len(decoded)} predictions for {len(inputs)} eval examples")
+        raise RuntimeError(f"{len(decoded)} predictions for {len(inputs)} examples")
     lines = [
         json.dumps({**row, **pred}, ensure_ascii=False, default=str)
         for row, pred in zip(inputs, decoded, strict=True)
     ]
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
-def print_metrics(metrics: dict[str, float]) -> None:
+def finish_run(trainer: Trainer, metrics: dict[str, Any], model_card: dict[str, Any] | None = None) -> None:
+    """Write trainer_state.json, all_results.json (last, so it marks a finished run),
+    training_curves.png and the model card, and print the final metrics."""
+    trainer.save_state()
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(trainer.args.output_dir)
+    plot_training_curves(trainer.state.log_history, out / "training_curves.png", trainer.args)
+    write_model_card(trainer, metrics, model_card or {}, out / RESOLVED_CONFIG)
+    atomic_write(out / ALL_RESULTS, json.dumps(metrics, indent=4, sort_keys=True))
+    print_metrics(metrics)
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
     """The run's final metrics as a two-column table on stdout."""
-    shown = {k: v for k, v in metrics.items() if k.startswith(("eval_", "perplexity")) or k == "train_loss"}
-    shown = {k: v for k, v in shown.items() if not k.endswith(("_per_second", "_runtime"))}
+    prefixes = ("eval_", "test_", "perplexity")
+    shown = without_timings({k: v for k, v in metrics.items() if k.startswith(prefixes) or k == "train_loss"})
     width = max((len(k) for k in shown), default=6)
     rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
     rows += [
@@ -303,7 +321,8 @@ def print_metrics(metrics: dict[str, float]) -> None:
     print("\n".join(rows))  # noqa: T201 - the run's final report
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to a hidden temporary file beside `path`, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

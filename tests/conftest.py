@@ -57,6 +57,6 @@ def regression_csvs(tmp_path_factory) -> tuple[Path, Path]:
 
 def load_recipe(name: str):
     """Import recipes/<name>/run.py as a module (recipes are scripts, not a package)."""
-    from recipes_lib.cli import import_recipe
+    from recipes_lib.commands.locate import import_recipe
 
     return import_recipe(REPO / "recipes" / name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recipes_lib import assets
+from recipes_lib.commands import assets
 
 
 def test_interrupted_fetch_is_redone_not_used(tmp_path, monkeypatch):

@@ -163,3 +163,55 @@ def test_command_line_errors_are_one_line_with_an_exit_code(tiny_bert, sentiment
         == ("error: unknown command-line option '--learning_rat'; did you mean '--learning_rate'? ").strip()
     )
     assert "Traceback" not in result.stderr
+
+
+def test_test_files_are_predicted_labelled_ones_scored_consistently(tiny_bert, sentiment_csvs, tmp_path):
+    from fixtures import sentiment_rows
+
+    rows = sentiment_rows(60, seed=11)
+    labelled = write_csv(tmp_path / "test_labelled.csv", rows)
+    unlabelled = write_csv(tmp_path / "test_unlabelled.csv", [{"text": r["text"]} for r in rows])
+
+    metrics = run(tiny_bert, *sentiment_csvs, tmp_path / "a", "--test_file", str(labelled))
+    predictions = read_jsonl(tmp_path / "a" / "test_predictions.jsonl")
+    assert [p["text"] for p in predictions] == [r["text"] for r in rows]  # one row per example, in order
+    accuracy = sum(p["prediction"] == p["label"] for p in predictions) / len(predictions)
+    assert metrics["test_accuracy"] == pytest.approx(accuracy) and accuracy >= 0.9
+    assert json.loads((tmp_path / "a" / "all_results.json").read_text())["test_f1"] == metrics["test_f1"]
+
+    metrics = run(tiny_bert, *sentiment_csvs, tmp_path / "b", "--test_file", str(unlabelled))
+    predictions = read_jsonl(tmp_path / "b" / "test_predictions.jsonl")
+    assert len(predictions) == 60 and "test_accuracy" not in metrics
+    assert {p["prediction"] for p in predictions} <= {"negative", "positive"}
+    assert all(0.5 <= p["score"] <= 1 for p in predictions)  # the probability of the predicted class
+
+    unseen = write_csv(tmp_path / "test_unseen.csv", [{"text": "x", "label": "neutral"}])
+    with pytest.raises(DataError, match="test labels \\['neutral'\\] never occur in train"):
+        run(tiny_bert, *sentiment_csvs, tmp_path / "c", "--test_file", str(unseen))
+    assert not (tmp_path / "c" / "all_results.json").exists()
+
+
+def test_a_user_config_without_speed_keys_gets_the_recipe_defaults(tiny_bert, sentiment_csvs, tmp_path):
+    """A minimal config of the user's own, from another folder: length grouping and per-batch
+    loss averaging apply anyway, and the resolved config says so."""
+    import yaml
+
+    train, dev = sentiment_csvs
+    config = tmp_path / "mine" / "my.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        f"model_name_or_path: {tiny_bert}\ntrain_file: {train}\nvalidation_file: {dev}\n"
+        f"output_dir: {tmp_path / 'out'}\nlearning_rate: 1.0e-3\nnum_train_epochs: 2\n"
+        "per_device_train_batch_size: 16\nseed: 3\nuse_cpu: true\nreport_to: none\n"
+    )
+    metrics = bert_cls.main(["--config", str(config)])
+    resolved = yaml.safe_load((tmp_path / "out" / "resolved_config.yaml").read_text())
+    assert resolved["train_sampling_strategy"] == "group_by_length"
+    assert resolved["average_tokens_across_devices"] is False
+    assert metrics["eval_accuracy"] >= 0.8
+    # The final evaluation is in the log history, after the last training step, so the curves end with it.
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    last_eval = [e for e in history if "eval_accuracy" in e][-1]
+    assert last_eval["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+    assert last_eval["step"] == max(e["step"] for e in history)
+    assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000

@@ -1,60 +1,90 @@
-"""The `recipes` command, and every command the READMEs show."""
+"""The `recipes` command (recipes_lib/commands/), and every command the READMEs show."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO, load_recipe
 from transformers import TrainingArguments
 
-from recipes_lib import cli
+from recipes_lib.commands import build_parser, main
+from recipes_lib.commands.locate import RECIPES_DIR, find_recipe
+from recipes_lib.commands.report import report_row
 from recipes_lib.config import RunArguments, parse_config
-from recipes_lib.reporting import report_row
+from recipes_lib.errors import RecipeError
 from recipes_lib.strategies import StrategyArguments
 
 RECIPES = sorted(p.parent.name for p in REPO.glob("recipes/*/run.py"))
-TINY_BERT_ARGS = ["--learning_rate", "1e-3", "--per_device_train_batch_size", "16", "--use_cpu", "true",
-                  "--eval_strategy", "no", "--save_strategy", "no", "--num_train_epochs", "3"]  # fmt: skip
+TINY_BERT_ARGS = (
+    "--learning_rate 1e-3 --per_device_train_batch_size 16 --use_cpu true --eval_strategy no "
+    "--save_strategy no --num_train_epochs 3"
+).split()
 
 
-def test_list_shows_every_recipe_with_its_configs(capsys):
-    assert cli.main(["list"]) == 0
+def test_list_shows_every_recipe_with_its_configs_and_folder(capsys):
+    assert main(["list"]) == 0
     out = capsys.readouterr().out
     for recipe in RECIPES:
-        assert re.search(rf"^{recipe}\s", out, re.M), recipe
+        line = re.search(rf"^{recipe}\s.*$", out, re.M)
+        assert line, recipe
+        assert line.group(0).endswith(str(RECIPES_DIR / recipe))  # the folder it is in
     assert "mrpc" in out and "eval_accuracy" in out
+
+
+def test_the_command_runs_as_a_module_and_names_a_missing_recipe():
+    cmd = [sys.executable, "-m", "recipes_lib.commands", "study", "bert_clss"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "error: no recipe 'bert_clss'" in done.stderr
+    assert "bert_cls" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_find_recipe_takes_a_name_a_folder_or_its_run_py(tmp_path):
+    assert find_recipe("bert_cls") == RECIPES_DIR / "bert_cls"
+    assert find_recipe(RECIPES_DIR / "bert_cls" / "run.py") == RECIPES_DIR / "bert_cls"
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "run.py").write_text("")
+    with pytest.raises(RecipeError, match="needs a run.py and a config.yaml"):
+        find_recipe(tmp_path / "half")
 
 
 def test_new_copies_a_recipe_that_runs_from_anywhere(tmp_path, tiny_bert, sentiment_csvs):
     dest = tmp_path / "elsewhere"
     dest.mkdir()
-    assert cli.main(["new", "my_sentiment", "--from", "bert_cls", "--dest", str(dest)]) == 0
+    assert main(["new", "my_sentiment", "--from", "bert_cls", "--dest", str(dest)]) == 0
     copy = dest / "my_sentiment"
     assert {p.name for p in copy.iterdir()} >= {"run.py", "config.yaml", "configs", "README.md"}
     assert "bert_cls" not in (copy / "config.yaml").read_text()
     # Run the copy with a working directory that is neither the repo nor the copy.
     workdir = tmp_path / "work"
     workdir.mkdir()
-    cmd = [sys.executable, str(copy / "run.py"), "--model_name_or_path", str(tiny_bert),
-           "--train_file", str(sentiment_csvs[0]), "--validation_file", str(sentiment_csvs[1]),
-           "--output_dir", "out", *TINY_BERT_ARGS]  # fmt: skip
+    cmd = [sys.executable, str(copy / "run.py"), "--model_name_or_path", str(tiny_bert)]
+    cmd += ["--train_file", str(sentiment_csvs[0]), "--validation_file", str(sentiment_csvs[1])]
+    cmd += ["--output_dir", "out", *TINY_BERT_ARGS]
     result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((workdir / "out" / "all_results.json").read_text())
     assert results["eval_accuracy"] >= 0.9
     assert json.loads((workdir / "out" / "run_info.json").read_text())["recipe"] == "my_sentiment"
 
+    # A copy is a recipe too: copy the copy by its path.
+    assert main(["new", "second", "--from", str(copy), "--dest", str(tmp_path)]) == 0
+    second = tmp_path / "second"
+    assert (second / "run.py").is_file() and "my_sentiment" not in (second / "config.yaml").read_text()
+    assert "second" in (second / "run.py").read_text()
+
 
 def test_new_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("keep me")
-    assert cli.main(["new", "taken", "--from", "bert_cls", "--dest", str(tmp_path)]) != 0
+    assert main(["new", "taken", "--from", "bert_cls", "--dest", str(tmp_path)]) != 0
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["mine.txt"]
 
@@ -77,7 +107,7 @@ def test_report_puts_runs_beside_their_expected_numbers(tmp_path, tiny_bert, sen
     barely = ["--num_train_epochs", "1", "--max_train_samples", "32", "--learning_rate", "1e-5"]
     bert_cls.main(["--config", str(config), "--output_dir", str(runs[1]), *TINY_BERT_ARGS, *barely])
 
-    assert cli.main(["report", *map(str, runs), "--format", "csv", "--output", str(tmp_path / "r.csv")]) == 0
+    assert main(["report", *map(str, runs), "--format", "csv", "--output", str(tmp_path / "r.csv")]) == 0
     import csv
 
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
@@ -92,7 +122,7 @@ def test_report_puts_runs_beside_their_expected_numbers(tmp_path, tiny_bert, sen
     assert rows[0]["within"] == "yes"  # the tiny model learns this data: >= 0.94
     assert rows[1]["within"] == "no"  # 32 examples at lr 1e-5 stay near chance
     capsys.readouterr()
-    assert cli.main(["report", *map(str, runs)]) == 0
+    assert main(["report", *map(str, runs)]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| recipe | config | model |") and table.count("\n") == 4
     assert report_row(runs[0])["within"] == "yes"
@@ -100,11 +130,11 @@ def test_report_puts_runs_beside_their_expected_numbers(tmp_path, tiny_bert, sen
 
 def test_every_run_leaves_plots_and_a_model_card_with_metrics(tmp_path, tiny_bert, sentiment_csvs):
     out = tmp_path / "out"
-    load_recipe("bert_cls").main([
-        "--model_name_or_path", str(tiny_bert), "--train_file", str(sentiment_csvs[0]),
-        "--validation_file", str(sentiment_csvs[1]), "--output_dir", str(out), *TINY_BERT_ARGS,
-        "--eval_strategy", "epoch", "--logging_steps", "10",
-    ])  # fmt: skip
+    data = ["--train_file", str(sentiment_csvs[0]), "--validation_file", str(sentiment_csvs[1])]
+    load_recipe("bert_cls").main(
+        ["--model_name_or_path", str(tiny_bert), *data, "--output_dir", str(out), *TINY_BERT_ARGS]
+        + ["--eval_strategy", "epoch", "--logging_steps", "10"]
+    )
     for png in ("training_curves.png", "confusion_matrix.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     matrix = json.loads((out / "confusion_matrix.json").read_text())
@@ -166,11 +196,12 @@ def test_readme_command_parses(readme, command, tmp_path):
         assert (REPO / words[1]).is_file(), f"{words[1]} in {readme} does not exist"
         return
     if words[0] == "recipes":
-        args, overrides = cli.build_parser().parse_known_args(words[1:])
+        args, overrides = build_parser().parse_known_args(words[1:])
         if not overrides:
             return
         assert getattr(args, "takes_overrides", False), f"unknown options in {readme}: {command}"
-        run_py = f"recipes/{args.recipe}/run.py"  # the options go to the recipe: parse them as it does
+        # The options go to the recipe: parse them as it does (a copy's path: as bert_cls's, below).
+        run_py = f"recipes/{Path(args.recipe).name}/run.py"
         words = ["python", run_py, *(["--config", args.config] if args.config else []), *overrides]
     else:
         run_py = next((w for w in words if w.endswith("run.py")), None)
@@ -194,10 +225,12 @@ def test_readme_command_parses(readme, command, tmp_path):
 
 @pytest.mark.parametrize("recipe", ["gpt_clm", "resnet_img"])
 def test_new_copies_of_the_other_recipes_run_from_anywhere(recipe, tmp_path):
-    assert cli.main(["new", f"my_{recipe}", "--from", recipe, "--dest", str(tmp_path)]) == 0
+    assert main(["new", f"my_{recipe}", "--from", recipe, "--dest", str(tmp_path)]) == 0
     copy = tmp_path / f"my_{recipe}" / "run.py"
-    common = ["--num_train_epochs", "3", "--use_cpu", "true", "--eval_strategy", "no", "--save_strategy",
-              "no", "--output_dir", "out", "--learning_rate", "3e-3"]  # fmt: skip
+    common = (
+        "--num_train_epochs 3 --use_cpu true --eval_strategy no --save_strategy no --output_dir out "
+        "--learning_rate 3e-3"
+    ).split()
     if recipe == "gpt_clm":
         from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
 
@@ -214,9 +247,9 @@ def test_new_copies_of_the_other_recipes_run_from_anywhere(recipe, tmp_path):
         metric = "eval_accuracy"
     workdir = tmp_path / "work"
     workdir.mkdir()
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(copy), *args, *common], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(copy), *args, *common]
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((workdir / "out" / "all_results.json").read_text())
     assert json.loads((workdir / "out" / "run_info.json").read_text())["recipe"] == f"my_{recipe}"

@@ -8,12 +8,12 @@ import pytest
 from conftest import REPO, load_recipe
 from transformers import TrainingArguments
 
+from recipes_lib.commands.study import strategy_argv
+from recipes_lib.commands.sweep import parse_sweep
 from recipes_lib.config import RunArguments, load_yaml, parse_config, resolved_config
 from recipes_lib.data import DataArguments
 from recipes_lib.errors import ConfigError
-from recipes_lib.search import parse_sweep
 from recipes_lib.strategies import StrategyArguments
-from recipes_lib.study import strategy_argv
 
 SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
 
@@ -156,3 +156,110 @@ def test_bf16_and_tf32_are_on_by_default_only_on_gpus_that_support_them(monkeypa
     assert gpu_speed_defaults(fields, set()) == {}  # a T4: no bf16, no tf32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_speed_defaults(fields, set()) == {}
+
+
+SPEED = {"train_sampling_strategy": "group_by_length", "average_tokens_across_devices": False}
+
+
+def _parse_with_defaults(tmp_path: Path, yaml_text: str, argv: list[str] = ()):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml_text)
+    types = (DataArguments, RunArguments, TrainingArguments)
+    return parse_config(types, ["--config", str(path), *argv], recipe_defaults=SPEED)
+
+
+def test_recipe_defaults_apply_under_any_config_and_are_recorded(tmp_path):
+    parsed = _parse_with_defaults(tmp_path, BASE)  # a user's own YAML that does not mention them
+    assert parsed[2].train_sampling_strategy == "group_by_length"
+    assert parsed[2].average_tokens_across_devices is False
+    resolved = resolved_config(*parsed)
+    assert resolved["train_sampling_strategy"] == "group_by_length"
+    assert resolved["average_tokens_across_devices"] is False
+
+
+def test_yaml_and_command_line_override_recipe_defaults(tmp_path):
+    yaml_text = BASE + "train_sampling_strategy: random\n"
+    _, _, args = _parse_with_defaults(tmp_path, yaml_text, ["--average_tokens_across_devices", "true"])
+    assert args.train_sampling_strategy == "random" and args.average_tokens_across_devices is True
+    _, _, args = _parse_with_defaults(tmp_path, yaml_text, ["--train_sampling_strategy", "sequential"])
+    assert args.train_sampling_strategy == "sequential"
+
+
+def test_machine_filled_keys_are_told_apart_from_chosen_ones(tmp_path, monkeypatch):
+    import recipes_lib.config as config
+
+    monkeypatch.setattr(config, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(config, "gpu_speed_defaults", lambda fields, chosen: {"bf16": True})
+    _, run, args = _parse(tmp_path, BASE + "use_cpu: true\n", ["--seed", "3"])
+    assert args.report_to == ["tensorboard"] and args.bf16 is True
+    assert run.machine_keys == ["bf16", "report_to"]
+    assert {"output_dir", "train_file", "use_cpu", "seed"} <= set(run.explicit_keys)
+    assert not set(run.machine_keys) & set(run.explicit_keys)
+    _, run, _ = _parse(tmp_path, BASE + "use_cpu: true\nreport_to: none\n")
+    assert run.machine_keys == ["bf16"]  # the YAML chose report_to
+
+
+def test_every_kind_of_yaml_value_parses(tmp_path):
+    recipe = load_recipe("bert_cls")
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        BASE
+        + "metrics: [accuracy, f1]\n"  # a list becomes several arguments
+        + "lora_target_modules: [query, value]\n"
+        + "early_stopping_patience: null\n"  # null for an Optional field
+        + "gradient_checkpointing: 'true'\n"  # a bool given as a string
+        + "tf32: false\n"  # `bool | None`
+        + "lr_scheduler_kwargs: {num_cycles: 2}\n"  # HF reads dict-typed fields as JSON
+        + "run_name: -dash-first\n"  # not taken for a flag
+        + "report_to: [tensorboard]\n"  # HF's parser takes one value here; the list is kept
+    )
+    parsed = parse_config(
+        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
+        ["--config", str(path)],
+    )
+    value = {f: getattr(a, f) for a in parsed for f in vars(a)}  # whichever dataclass holds the key
+    assert value["metrics"] == ["accuracy", "f1"] and value["lora_target_modules"] == ["query", "value"]
+    assert value["early_stopping_patience"] is None
+    args = parsed[-1]
+    assert args.gradient_checkpointing is True and args.tf32 is False
+    assert args.lr_scheduler_kwargs == {"num_cycles": 2}
+    assert args.run_name == "-dash-first" and args.report_to == ["tensorboard"]
+
+
+def test_empty_list_and_null_reach_the_fields_as_written(tmp_path):
+    _, _, args = _parse(tmp_path, BASE + "label_names: []\nsave_total_limit: null\n")
+    assert args.label_names == [] and args.save_total_limit is None
+    with pytest.raises(ConfigError, match="seed: a value is required"):
+        _parse(tmp_path, BASE + "seed: null\n")
+
+
+@pytest.mark.parametrize(
+    "yaml_text, argv, message",
+    [
+        ("bf16: maybe\n", [], "bf16: must be true or false, got 'maybe' (in "),
+        ("", ["--bf16", "maybe"], "--bf16: must be true or false, got 'maybe' (on the command line)"),
+        ("optim: adamw_torh\n", [], "optim: invalid value 'adamw_torh'; did you mean 'adamw_torch'?"),
+        ("", ["--seed", "x"], "--seed: must be an integer, got 'x' (on the command line)"),
+        ("", ["--run_name"], "--run_name: needs a value"),
+    ],
+)
+def test_type_errors_say_where_the_value_came_from(tmp_path, yaml_text, argv, message):
+    with pytest.raises(ConfigError) as err:
+        _parse(tmp_path, BASE + yaml_text, argv)
+    assert message in str(err.value)
+    if not argv:
+        assert "c.yaml" in str(err.value)
+
+
+def test_a_bad_recipe_default_names_the_recipe():
+    with pytest.raises(ConfigError, match="learning_rate: must be a number, got 'x' \\(in the recipe's"):
+        parse_config((RunArguments, TrainingArguments), [], recipe_defaults={"learning_rate": "x"})
+
+
+def test_convert_reads_values_as_the_command_line_does():
+    from recipes_lib.config import convert
+
+    assert convert("sweep.low", "1e-5", float) == pytest.approx(1e-5)
+    assert convert("sweep.trials", 4, int) == 4 and convert("sweep.log", "yes", bool) is True
+    with pytest.raises(ConfigError, match="sweep.trials: must be an integer, got True"):
+        convert("sweep.trials", True, int)

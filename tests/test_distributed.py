@@ -1,7 +1,7 @@
 """Real 2-process data parallelism on CPU (gloo), through accelerate and torchrun.
 
-`--use_cpu true` is what makes CPU processes join one process group: without it each
-process trains alone with world size 1, so every test asserts the world size.
+On a machine without GPUs the recipes turn on `use_cpu` by themselves when a launcher starts
+several processes, so they join one gloo group; every test asserts the world size.
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import collections
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,14 +117,15 @@ def test_gpt_clm_two_processes(tmp_path):
     run_py = str(REPO / "recipes" / "gpt_clm" / "run.py")
     args = ["--model_name_or_path", str(model), "--train_file", str(train), "--validation_file", str(dev),
             "--block_size", "32", "--num_train_epochs", "1", "--learning_rate", "3e-3", "--use_cpu", "true",
-            "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
+            "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+            "--sample_prompts", "the cat"]  # fmt: skip
     one, two = one_and_two_processes(run_py, args, tmp_path)
     assert json.loads((tmp_path / "two" / "run_info.json").read_text())["world_size"] == 2
     assert two["eval_samples"] == one["eval_samples"]  # every eval block counted once
     assert two["perplexity_before"] == pytest.approx(one["perplexity_before"], rel=0.01)
     assert two["perplexity"] < two["perplexity_before"] / 2
     assert two["perplexity"] == pytest.approx(one["perplexity"], rel=0.15)
-    assert (tmp_path / "two" / "sample.txt").is_file()
+    assert len((tmp_path / "two" / "samples.jsonl").read_text().splitlines()) == 1  # written once
 
 
 def test_resnet_img_two_processes(tmp_path):
@@ -146,3 +150,75 @@ def test_resnet_img_two_processes(tmp_path):
     assert two["eval_accuracy"] >= 0.9 and two["eval_accuracy"] == pytest.approx(
         one["eval_accuracy"], abs=0.05
     )
+
+
+def test_a_plain_multi_process_launch_on_cpu_forms_one_group(bert_setup):
+    """`accelerate launch` with our multi_cpu config and no --use_cpu: one DDP group, not two
+    processes training alone into the same folder."""
+    d, args, _, _ = bert_setup
+    args = [a for a in args if a not in ("--use_cpu", "true")]
+    out = d / "no_use_cpu"
+    config = str(REPO / "configs" / "accelerate" / "multi_cpu.yaml")
+    overrides = ["--per_device_train_batch_size", "8", "--max_steps", "10", "--output_dir", str(out)]
+    launch([str(BIN / "accelerate"), "launch", "--config_file", config, BERT_RUN, *args, *overrides], d)
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10
+    assert state["epoch"] == pytest.approx(10 * 16 / 320)  # global batch 2 x 8: half an epoch
+
+
+def kill_run(proc: subprocess.Popen, marker: str) -> None:
+    """SIGKILL the launcher and every worker whose command line names `marker` (torch's launcher
+    starts workers in sessions of their own, so killing its group is not enough)."""
+    pids = {proc.pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.add(int(entry.name))
+            except OSError:
+                pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+
+
+def test_two_process_run_killed_mid_training_resumes_on_every_rank(bert_setup, tmp_path):
+    """SIGKILL of the launcher and both workers after a complete checkpoint, then a checkpoint left
+    half-written (what a kill during a save leaves): the same command resumes on both ranks from
+    the same step, finishes without hanging, and ends where an uninterrupted run ends."""
+    d, args, _, _ = bert_setup
+    args = [*args, "--per_device_train_batch_size", "8", "--max_steps", "30", "--save_strategy", "steps",
+            "--save_steps", "10", "--num_train_epochs", "3"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    reference = tmp_path / "reference"
+    launch([*LAUNCHERS["accelerate"], BERT_RUN, *args, "--output_dir", str(reference)], d)
+
+    out = tmp_path / "crashed"
+    cmd = [*LAUNCHERS["accelerate"], BERT_RUN, *args, "--output_dir", str(out)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(cmd, cwd=d, env=env, start_new_session=True, **quiet)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-10" / "trainer_state.json").is_file() and time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    kill_run(proc, str(out))
+    assert not (out / "all_results.json").exists()
+
+    newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    partial = out / f"checkpoint-{int(newest.name.split('-')[1]) + 10}"
+    if not partial.exists():
+        shutil.copytree(newest, partial)
+    (partial / "trainer_state.json").unlink(missing_ok=True)
+
+    resumed = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {out / newest.name}" in resumed.stderr
+    assert (out / f"incomplete-{partial.name}").is_dir()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 30
+    results, ref = (json.loads((p / "all_results.json").read_text()) for p in (out, reference))
+    assert abs(results["eval_loss"] - ref["eval_loss"]) < 1e-4, (results["eval_loss"], ref["eval_loss"])

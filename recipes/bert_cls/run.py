@@ -5,32 +5,69 @@
     python recipes/bert_cls/run.py --train_file train.csv --validation_file dev.csv --learning_rate 3e-5
 
 Single sentences or sentence pairs; string or integer labels are classes, float labels mean
-regression (one output, MSE loss). Keys are the fields below plus TrainingArguments.
+regression (one output, MSE loss). A test split (`test_file`, or a Hub dataset's `test`) is
+predicted after training into test_predictions.jsonl. Keys are the fields below plus
+TrainingArguments.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Value
+from datasets import ClassLabel, DatasetDict, Value
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    EarlyStoppingCallback,
     Trainer,
     TrainingArguments,
     set_seed,
 )
 
 from recipes_lib.config import RunArguments, parse_config
-from recipes_lib.data import DataArguments, detect_text_columns, load_splits, require_labels
-from recipes_lib.errors import DataError, exit_on_error, loading_model
-from recipes_lib.metrics import classification_metrics, regression_metrics
-from recipes_lib.strategies import StrategyArguments, apply_strategy
-from recipes_lib.training import prepare_output_dir, setup_logging, train_and_evaluate
+from recipes_lib.data import (
+    DataArguments,
+    check_label_sets,
+    detect_text_columns,
+    has_labels,
+    load_splits,
+    require_labels,
+    with_label_names,
+)
+from recipes_lib.errors import exit_on_error, loading_model
+from recipes_lib.metrics import classification_metrics, logits_of, regression_metrics, softmax
+from recipes_lib.reporting import write_confusion_matrix
+from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
+from recipes_lib.training import (
+    NonFiniteLossGuard,
+    PeakMemory,
+    finish_run,
+    metrics_before_training,
+    predict,
+    prepare_output_dir,
+    save_results,
+    setup_logging,
+    train_metrics,
+    write_predictions,
+)
+
+# TrainingArguments this recipe needs, applied under every config (the shipped ones or yours)
+# unless the config or the command line sets the key; resolved_config.yaml records them.
+TRAINING_DEFAULTS = {
+    # Batches of similar lengths: little padding per batch, about 1.6x faster on short texts.
+    "train_sampling_strategy": "group_by_length",
+    # The classification loss is a mean per batch; averaging tokens across devices (on by
+    # default in transformers 5.x) would multiply it by the number of processes under DDP.
+    "average_tokens_across_devices": False,
+    # Every weight that trains (all, LoRA's, or the head's) is used in each forward pass, so DDP
+    # need not traverse the autograd graph each step looking for unused ones (transformers' default).
+    "ddp_find_unused_parameters": False,
+}
 
 
 @dataclass
@@ -50,21 +87,42 @@ class ModelArguments:
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text of a pair task."})
     label_column: str | None = field(default=None, metadata={"help": "Default: label."})
     metrics: list[str] | None = field(
-        default=None, metadata={"help": "Default: accuracy f1 precision recall matthews_correlation (mse "
-                                "pearson spearmanr for regression). Other names go to evaluate.load."}
-    )  # fmt: skip
+        default=None,
+        metadata={
+            "help": "Default: accuracy f1 precision recall matthews_correlation (mse pearson spearmanr "
+            "for regression). Other names go to evaluate.load."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 1:
             raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+@dataclass
+class Setup:
+    """What `build` makes: the Trainer, and what `main` needs after training."""
+
+    trainer: Trainer
+    training_args: TrainingArguments
+    resume_from_checkpoint: str | None
+    peak_memory: PeakMemory
+    strategy_args: StrategyArguments
+    raw: DatasetDict  # the loaded splits, for the predictions files
+    tokenized: DatasetDict
+    columns: list[str]  # text (and pair) columns, then the label column
+    label_names: list[str]  # empty for regression
+    model_card: dict[str, Any]
+
+
+def build(argv: list[str] | None = None) -> Setup:
+    """Everything up to an untrained Trainer. `recipes sweep` and the benchmarks call this too."""
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
     parsed = parse_config(
         (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
+        recipe_defaults=TRAINING_DEFAULTS,
     )
     model_args, data_args, strategy_args, run_args, training_args = parsed
     setup_logging(training_args)
@@ -76,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raw["train"], model_args.text_column, model_args.text_pair_column, model_args.label_column
     )
     require_labels(raw, label_col)
+    # A test split without labels (or GLUE's -1 placeholders) is predicted, not scored.
+    if "test" in raw and not has_labels(raw["test"], label_col):
+        raw["test"] = raw["test"].remove_columns([c for c in (label_col,) if c in raw["test"].column_names])
 
     # ---- Labels: ClassLabel names, else the sorted distinct values; floats mean regression.
     feature = raw["train"].features[label_col]
@@ -89,9 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         values = sorted(raw["train"].unique(label_col))  # unique(): one Arrow pass, not a loop
         label_names = [str(v) for v in values]
         label_to_id = {v: i for i, v in enumerate(values)}
-        unseen = sorted(set(raw["validation"].unique(label_col)) - set(values), key=str)
-        if unseen:
-            raise DataError(f"validation labels {unseen[:5]} never occur in train (train has {label_names})")
+    if not is_regression:
+        check_label_sets(raw, label_col)  # two classes or more; no eval/test label unseen in train
 
     # ---- Tokenise: truncate only; padding happens per batch in the collator.
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -102,23 +162,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     max_length = min(model_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess(batch: dict) -> dict:
-        texts = [[t or "" for t in batch[text_col]]]
+        texts = [[t or "" for t in batch[text_col]]]  # an empty cell is an empty text
         if pair_col is not None:
             texts.append([t or "" for t in batch[pair_col]])
         padding = "max_length" if model_args.pad_to_max_length else False
         encoded = tokenizer(*texts, truncation=True, max_length=max_length, padding=padding)
-        labels = batch[label_col]
-        encoded["labels"] = [float(v) for v in labels] if is_regression else [label_to_id[v] for v in labels]
+        if label_col in batch:
+            labels = batch[label_col]
+            encoded["labels"] = (
+                [float(v) for v in labels] if is_regression else [label_to_id[v] for v in labels]
+            )
         return encoded
 
     with training_args.main_process_first(desc="tokenizing"):
-        tokenized = raw.map(
-            preprocess,
-            batched=True,
-            num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw["train"].column_names,
-            load_from_cache_file=not data_args.overwrite_cache,
-            desc="Tokenizing",
+        tokenized = DatasetDict(
+            {
+                split: ds.map(
+                    preprocess,
+                    batched=True,
+                    num_proc=data_args.preprocessing_num_workers,
+                    remove_columns=ds.column_names,
+                    load_from_cache_file=not data_args.overwrite_cache,
+                    desc=f"Tokenizing {split}",
+                )
+                for split, ds in raw.items()
+            }
         )
 
     # ---- Model: seed first, so the new classification head is the same for the same seed.
@@ -143,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ignore_mismatched_sizes=True,  # a checkpoint fine-tuned on other labels gets a fresh head
             trust_remote_code=model_args.trust_remote_code,
         )
-    # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone); early stopping.
+    # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone).
     model = apply_strategy(model, strategy_args, training_args, task_type="SEQ_CLS")
 
     # ---- Metrics: computed locally (sklearn/scipy), so they work offline.
@@ -152,10 +220,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         compute_metrics = classification_metrics(len(label_names), model_args.metrics)
 
-    # ---- Trainer: dynamic padding; multiples of 8 let fp16/bf16 use tensor cores.
+    # ---- Trainer: dynamic padding (multiples of 8 let fp16/bf16 use tensor cores) and callbacks:
+    # stop on a NaN/inf loss before it reaches the weights, measure peak memory, stop early.
     collator = DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if (training_args.fp16 or training_args.bf16) else None
     )
+    peak_memory = PeakMemory()
+    callbacks = [NonFiniteLossGuard(), peak_memory]
+    if strategy_args.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStoppingCallback(
+                strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
+            )
+        )
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -164,34 +241,78 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    return Setup(
+        trainer=trainer,
+        training_args=training_args,
+        resume_from_checkpoint=last_checkpoint,
+        peak_memory=peak_memory,
+        strategy_args=strategy_args,
+        raw=raw,
+        tokenized=tokenized,
+        columns=[c for c in (text_col, pair_col) if c] + [label_col],
+        label_names=label_names,
+        model_card={
+            "finetuned_from": None if model_args.from_scratch else model_args.model_name_or_path,
+            "dataset": data_args.dataset_name or data_args.train_file,
+            "tasks": "text-classification",
+        },
     )
 
-    # ---- Train, save, evaluate; eval_predictions.jsonl pairs each input with its prediction.
-    def decode(predictions: np.ndarray) -> list[dict]:
-        logits = predictions[0] if isinstance(predictions, tuple) else predictions
-        if is_regression:
-            return [{"prediction": float(v)} for v in logits.reshape(-1)]
-        probs = np.exp(logits - logits.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        return [
-            {"prediction": label_names[i], "score": float(p[i])}
-            for i, p in zip(probs.argmax(-1), probs, strict=True)
-        ]
 
-    eval_inputs = raw["validation"].select_columns([c for c in (text_col, pair_col, label_col) if c])
-    if isinstance(feature, ClassLabel):
-        eval_inputs = eval_inputs.cast_column(label_col, Value("string")).map(
-            lambda ex: {label_col: label_names[int(ex[label_col])]}
+def decode(predictions: np.ndarray | tuple, label_names: list[str]) -> list[dict]:
+    """Each example's prediction: the class name and its probability, or the regression value."""
+    logits = logits_of(predictions)
+    if not label_names:
+        return [{"prediction": float(v)} for v in logits.reshape(-1)]
+    probs = softmax(logits)
+    return [
+        {"prediction": label_names[i], "score": float(p[i])}
+        for i, p in zip(probs.argmax(-1), probs, strict=True)
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    setup = build(argv)
+    trainer, out = setup.trainer, Path(setup.training_args.output_dir)
+
+    # ---- Train, resuming from the last complete checkpoint in output_dir; save the model with
+    # its tokenizer and class names (what pipeline() loads).
+    train_result = trainer.train(resume_from_checkpoint=setup.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = save_results(trainer, "train", train_metrics(trainer, train_result, setup.peak_memory))
+
+    # ---- Evaluate every validation example in order; eval_on_start's step-0 metrics as *_before.
+    output = predict(trainer, setup.tokenized["validation"], "eval")
+    eval_metrics = {**output.metrics, **metrics_before_training(trainer.state.log_history)}
+    metrics |= save_results(trainer, "eval", eval_metrics)
+    if trainer.is_world_process_zero():
+        inputs = with_label_names(setup.raw["validation"], setup.columns, setup.label_names)
+        write_predictions(
+            out / "eval_predictions.jsonl", inputs, decode(output.predictions, setup.label_names)
         )
-    card = {
-        "finetuned_from": None if model_args.from_scratch else model_args.model_name_or_path,
-        "dataset": data_args.dataset_name or data_args.train_file,
-        "tasks": "text-classification",
-    }
-    return train_and_evaluate(
-        trainer, last_checkpoint, eval_inputs=eval_inputs, decode_predictions=decode, model_card=card,
-        label_names=label_names or None, strategy=strategy_args,
-    )  # fmt: skip
+        if setup.label_names:
+            predicted = logits_of(output.predictions).argmax(-1)
+            write_confusion_matrix(out, output.label_ids, predicted, setup.label_names)
+
+    # ---- Predict the test split, if any; labelled test data also gets test_* metrics.
+    if "test" in setup.tokenized:
+        output = predict(trainer, setup.tokenized["test"], "test")
+        metrics |= save_results(trainer, "test", output.metrics)
+        if trainer.is_world_process_zero():
+            inputs = with_label_names(setup.raw["test"], setup.raw["test"].column_names, setup.label_names)
+            write_predictions(
+                out / "test_predictions.jsonl", inputs, decode(output.predictions, setup.label_names)
+            )
+
+    # ---- LoRA: save the adapters folded into the weights, after evaluating the adapter model.
+    if setup.strategy_args.merge_lora and trainer.is_world_process_zero():
+        merge_lora_into(out, trainer.model)
+
+    # ---- Report: trainer_state.json, all_results.json, training_curves.png, model card, table.
+    finish_run(trainer, metrics, setup.model_card)
+    return metrics
 
 
 if __name__ == "__main__":
