@@ -13,8 +13,14 @@ from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageCla
 # Solid colours whose grayscale versions differ too (luminance 0, 29, 76, 105, 150, 255), so a
 # class stays recognisable when its image is stored as grayscale. Six classes, so top-5 accuracy
 # is not trivially 1.
-COLOURS = {"black": (0, 0, 0), "blue": (0, 0, 255), "red": (255, 0, 0), "magenta": (255, 0, 255),
-           "green": (0, 255, 0), "white": (255, 255, 255)}  # fmt: skip
+COLOURS = {
+    "black": (0, 0, 0),
+    "blue": (0, 0, 255),
+    "red": (255, 0, 0),
+    "magenta": (255, 0, 255),
+    "green": (0, 255, 0),
+    "white": (255, 255, 255),
+}
 MODES = ["RGB", "RGB", "L", "RGBA", "P"]  # most images RGB; grayscale, RGBA and palette ones mixed in
 
 
@@ -22,8 +28,9 @@ def build_tiny_resnet(out: Path, size: int = 32, seed: int = 0) -> Path:
     """A randomly initialised 4-stage ResNet (~160k parameters) with a processor for size x size input."""
     import torch
 
-    config = ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1],
-                          layer_type="basic")  # fmt: skip
+    config = ResNetConfig(
+        embedding_size=16, hidden_sizes=[16, 32, 64, 64], depths=[1, 1, 1, 1], layer_type="basic"
+    )
     torch.manual_seed(seed)
     ResNetForImageClassification(config).save_pretrained(out)
     processor = ConvNextImageProcessor(
