@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from datasets import DatasetDict, load_dataset
 from PIL import Image as PILImage
 
@@ -45,14 +46,23 @@ def open_rgb(image: Any) -> PILImage.Image:
     channels. A file that cannot be decoded raises ImageReadError naming it.
     """
     if isinstance(image, PILImage.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return _as_rgb(image)
     path, data = image.get("path"), image.get("bytes")
     try:
         with PILImage.open(io.BytesIO(data) if data is not None else path) as opened:
-            return opened.convert("RGB")  # convert() decodes fully, so a truncated file fails here
+            return _as_rgb(opened)  # converting decodes fully, so a truncated file fails here
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises these for broken files
         name = path or "an embedded image"
         raise ImageReadError(f"cannot read image {name}: {err}; fix or remove the file") from err
+
+
+def _as_rgb(image: PILImage.Image) -> PILImage.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (medical, microscopy, depth): PIL's convert("RGB") clips every value above
+        # 255 to white, so scale the 16-bit range down to 8 bits first.
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = PILImage.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_image_folders(
@@ -75,6 +85,13 @@ def load_image_folders(
             raise DataError(
                 f"class folder {Path(d) / empty[0]} holds no images; add images or remove the folder"
             )
+    classes = sorted(c.name for c in Path(dirs["train"]).iterdir() if c.is_dir())
+    if len(classes) < 2:
+        found = f"only the class folder {classes[0]!r}" if classes else "no class folders"
+        raise DataError(
+            f"train image folder {dirs['train']} holds {found}: a classifier needs at least two classes, "
+            "each in its own subfolder of images"
+        )
     try:
         loaded = load_dataset("imagefolder", data_files={s: str(Path(d) / "**") for s, d in dirs.items()})
     except Exception as err:  # datasets reports an empty or label-less tree in several ways

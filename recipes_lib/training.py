@@ -11,6 +11,7 @@ line in run.py that a user can delete or reorder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -99,7 +100,7 @@ def _prepare_output_dir(
                 "pick another output_dir or pass --overwrite_output_dir"
             )
         else:
-            changed = _changed_keys(out, config, run_args.machine_keys)
+            changed = _changed_keys(out, config, run_args.machine_keys, training_args.world_size)
             if changed:
                 key, before, now = changed[0]
                 raise OutputDirError(
@@ -130,18 +131,32 @@ def _prepare_output_dir(
 
 
 def _changed_keys(
-    out: Path, config: dict[str, Any], machine_keys: Sequence[str]
+    out: Path, config: dict[str, Any], machine_keys: Sequence[str], world_size: int
 ) -> list[tuple[str, Any, Any]]:
     """The keys whose values differ between the run in `out` and `config`. What the machine filled
-    in (TensorBoard when installed, bf16/tf32 on a GPU), then or now, does not define the run."""
+    in (TensorBoard when installed, bf16/tf32 on a GPU), then or now, does not define the run, nor
+    does the number of processes as long as the global batch stays the same."""
     previous = yaml.safe_load((out / RESOLVED_CONFIG).read_text(encoding="utf-8")) or {}
     try:
-        previous_machine = json.loads((out / RUN_INFO).read_text(encoding="utf-8")).get("machine_keys", [])
+        info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        previous_machine = []
-    ignored = {"overwrite_output_dir", "expected", *machine_keys, *previous_machine}
-    keys = sorted((set(previous) | set(config)) - ignored)
-    return [(k, previous.get(k), config.get(k)) for k in keys if previous.get(k) != config.get(k)]
+        info = {}
+    ignored = {"overwrite_output_dir", "expected", *machine_keys, *info.get("machine_keys", [])}
+    batch_keys = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    keys = sorted((set(previous) | set(config)) - ignored - set(batch_keys))
+    changed = [(k, previous.get(k), config.get(k)) for k in keys if previous.get(k) != config.get(k)]
+    before = _global_batch(previous, info.get("world_size", world_size))
+    now = _global_batch(config, world_size)
+    if before != now:
+        changed.append(("global batch (per_device_train_batch_size x processes x accumulation)", before, now))
+    return changed
+
+
+def _global_batch(config: dict[str, Any], world_size: int) -> int:
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+    per_device = config.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
+    accumulation = config.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"])
+    return per_device * world_size * accumulation
 
 
 def refuse_pickle_only_model(name_or_path: str, allow_pickle: bool) -> None:

@@ -215,3 +215,46 @@ def test_a_user_config_without_speed_keys_gets_the_recipe_defaults(tiny_bert, se
     assert last_eval["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
     assert last_eval["step"] == max(e["step"] for e in history)
     assert (tmp_path / "out" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_resume_compares_what_defines_the_run_not_what_the_machine_filled_in(
+    tiny_bert, sentiment_csvs, tmp_path
+):
+    """An unfinished run (checkpoints, no all_results.json) whose machine-filled keys differ still
+    resumes; another global batch, or another hyperparameter, is refused with the key named."""
+    import yaml
+
+    out = tmp_path / "out"
+    short = [
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--max_train_samples",
+        "100",
+    ]
+    run(tiny_bert, *sentiment_csvs, out, *short)
+    (out / "all_results.json").unlink()  # as if killed after its last checkpoint
+    resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
+    info = json.loads((out / "run_info.json").read_text())
+
+    # Trained on a machine with TensorBoard and a GPU (bf16 chosen by the config layer), resumed here.
+    (out / "resolved_config.yaml").write_text(
+        yaml.safe_dump({**resolved, "report_to": ["tensorboard"], "bf16": True})
+    )
+    (out / "run_info.json").write_text(json.dumps({**info, "machine_keys": ["bf16", "report_to"]}))
+    metrics = run(tiny_bert, *sentiment_csvs, out, *short)
+    assert metrics["eval_accuracy"] > 0 and (out / "all_results.json").is_file()
+
+    # Two processes of batch 16 then; one process of 16 now: another global batch.
+    (out / "all_results.json").unlink()
+    (out / "run_info.json").write_text(json.dumps({**info, "world_size": 2}))
+    with pytest.raises(OutputDirError, match="global batch .* 32 there, 16 now"):
+        run(tiny_bert, *sentiment_csvs, out, *short)
+    # One process of batch 32 is the same global batch: accepted, and the run finishes.
+    run(tiny_bert, *sentiment_csvs, out, *short, "--per_device_train_batch_size", "32")
+    assert (out / "all_results.json").is_file()
+    with pytest.raises(OutputDirError, match="another run .*learning_rate"):
+        run(tiny_bert, *sentiment_csvs, out, *short, "--learning_rate", "5e-4")

@@ -281,6 +281,10 @@ def test_grayscale_rgba_and_palette_images_become_rgb(tmp_path):
     assert gray[0] == gray[1] == gray[2] == rgb.convert("L").getpixel((0, 0))  # gray copied to 3 channels
     embedded = open_rgb({"path": None, "bytes": (tmp_path / "RGBA.png").read_bytes()})
     assert embedded.getpixel((1, 1)) == (200, 30, 60)
+    # 16-bit grayscale keeps its contrast (PIL's plain convert would clip it all to white).
+    Image.fromarray(np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    deep = np.asarray(open_rgb({"path": str(tmp_path / "deep.png"), "bytes": None}))
+    assert deep[:, :, 0].tolist() == [[0, 64], [128, 255]] and (deep[:, :, 0] == deep[:, :, 2]).all()
 
 
 def test_write_digits_imagefolder_is_stratified_rgb_and_idempotent(digits):

@@ -77,6 +77,9 @@ from recipes_lib.training import (
 TRAINING_DEFAULTS = {
     # The image column is no model input, so Trainer would drop it before the transform reads it.
     "remove_unused_columns": False,
+    # Every weight that trains (all, LoRA's, or the head's) is used in each forward pass, so DDP
+    # need not traverse the autograd graph each step looking for unused ones (transformers' default).
+    "ddp_find_unused_parameters": False,
 }
 IMAGE_COLUMNS = ["image", "img"]  # detected when image_column is unset (beans: image, CIFAR-10: img)
 AUTO_AUGMENT = ("randaugment", "trivialaugment", "autoaugment")
