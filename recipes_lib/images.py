@@ -46,7 +46,7 @@ def open_rgb(image: Any) -> PILImage.Image:
     channels. A file that cannot be decoded raises ImageReadError naming it.
     """
     if isinstance(image, PILImage.Image):
-        return _as_rgb(image)
+        return image if image.mode == "RGB" else _as_rgb(image)
     path, data = image.get("path"), image.get("bytes")
     try:
         with PILImage.open(io.BytesIO(data) if data is not None else path) as opened:
@@ -62,7 +62,7 @@ def _as_rgb(image: PILImage.Image) -> PILImage.Image:
         # 255 to white, so scale the 16-bit range down to 8 bits first.
         pixels = np.asarray(image, dtype=np.float64) / 257.0
         image = PILImage.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image.convert("RGB")  # a decoded copy, even of an RGB image: the file closes after this
 
 
 def load_image_folders(
