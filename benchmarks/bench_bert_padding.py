@@ -1,30 +1,40 @@
-"""bert_cls: the recipe's dynamic padding + length grouping vs run_glue's pad-everything default.
+"""bert_cls: the recipe's dynamic padding + length buckets vs run_glue's pad-everything default, over seeds.
 
-    python benchmarks/bench_bert_padding.py                       # MiniLM on 3,000 tweets, ~10 min on 2 cores
-    python benchmarks/bench_bert_padding.py --pipelines recipe run_glue --train_samples 20000 --repeats 3
+    python benchmarks/bench_bert_padding.py            # 1,024 tweets, batch 32, seeds 1-5: ~15 min on 2 cores
+    python benchmarks/bench_bert_padding.py --train_samples 3000 --batch_size 16 --eval_samples 600   # demo's
+    python benchmarks/bench_bert_padding.py --seeds 42 --pipelines recipe run_glue dynamic_random hf_grouped
 
 Every pipeline is recipes/bert_cls/run.py itself with configs/demo.yaml (all-MiniLM-L6-v2 on the
 tweets), the same samples, learning rate, batch size, epoch and seed, max_seq_length 128:
 
   recipe          the recipe's defaults: truncate to 128, pad per batch (DataCollatorWithPadding),
-                  train_sampling_strategy group_by_length
+                  train_sampling_strategy group_by_length, which the recipe's LengthBucketTrainer
+                  serves with recipes_lib.sampling.LengthBucketSampler (similar lengths per batch,
+                  batches in random order)
   run_glue        the transformers run_glue default: --pad_to_max_length true (every example padded
                   to 128), --train_sampling_strategy random
-  dynamic_random  the attribution run: the recipe's per-batch padding with run_glue's random order
-                  (--train_sampling_strategy random). Same batches as run_glue, so any accuracy
-                  difference to run_glue comes from padding alone, and to recipe from the batch order.
+  dynamic_random  attribution: per-batch padding with run_glue's random order. Same batches as
+                  run_glue, so any accuracy difference to run_glue comes from padding alone
+  hf_grouped      attribution: per-batch padding with transformers' own group_by_length sampler
+                  (LengthGroupedSampler: mega-batches of up to 50 batches, each sorted longest first),
+                  the recipe's default before LengthBucketSampler. The benchmark gives this one
+                  Trainer transformers' `_get_train_sampler` back; nothing else differs from recipe
 
-Each runs in its own process: the recipe's `build(argv)` makes its Trainer, which is trained and
-then evaluated on the held-out tweets (`trainer.evaluate()`, the recipe's compute_metrics; the
-recipe's saving, predictions files and plots are left out). The Trainer's own train dataloader is
-wrapped to count the attention mask of every training batch (padding efficiency = real tokens /
-processed tokens) and a callback times every step. Writes outputs/bench/bert_padding.json.
+For each seed, each pipeline runs in its own process: the recipe's `build(argv)` makes its Trainer,
+which is trained and then evaluated on the held-out tweets (`trainer.evaluate()`, the recipe's
+compute_metrics; the recipe's saving, predictions files and plots are left out). The Trainer's own
+train dataloader is wrapped to count the attention mask of every training batch (padding efficiency
+= real tokens / processed tokens) and a callback times every step. Speed-up = recipe / run_glue
+samples/s of the same seed; reported: the per-seed table, the median speed-up and the mean accuracy
+difference over the seeds. Writes outputs/bench/bert_padding.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -35,33 +45,36 @@ PIPELINES = {
     "recipe": [],  # demo.yaml already sets the recipe's defaults (dynamic padding, group_by_length)
     "run_glue": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random"],
     "dynamic_random": ["--train_sampling_strategy", "random"],
+    "hf_grouped": [],  # group_by_length, served by transformers' own sampler (see child())
 }
+TARGET_SPEEDUP = 3.5  # median over the seeds, recipe / run_glue samples/s
+TARGET_GAP_POINTS = 0.75  # mean over the seeds of |recipe - run_glue| eval accuracy, in points
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train_samples", type=int, default=3000, help="seeded sample of training tweets")
-    p.add_argument("--eval_samples", type=int, default=600, help="held-out tweets for eval_accuracy")
+    p.add_argument("--train_samples", type=int, default=1024, help="seeded sample of training tweets")
+    p.add_argument("--eval_samples", type=int, default=500, help="held-out tweets for eval_accuracy")
     p.add_argument("--max_seq_length", type=int, default=128, help="run_glue's default")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="one run per pipeline each")
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the timing")
-    p.add_argument("--repeats", type=int, default=1, help="runs per pipeline, alternating; medians reported")
     p.add_argument(
         "--pipelines",
         nargs="+",
         choices=list(PIPELINES),
-        default=list(PIPELINES),
+        default=["recipe", "run_glue"],
         help="recipe and run_glue are always run",
     )
     p.add_argument("--child", choices=list(PIPELINES), help=argparse.SUPPRESS)
+    p.add_argument("--child_seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--child_out", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def recipe_argv(args: argparse.Namespace, pipeline: str, output_dir: Path) -> list[str]:
+def recipe_argv(args: argparse.Namespace, pipeline: str, seed: int, output_dir: Path) -> list[str]:
     return [
         f"--config={h.demo_config('bert_cls')}",
         f"--max_seq_length={args.max_seq_length}",
@@ -70,7 +83,7 @@ def recipe_argv(args: argparse.Namespace, pipeline: str, output_dir: Path) -> li
         f"--per_device_train_batch_size={args.batch_size}",
         f"--learning_rate={args.learning_rate}",
         f"--num_train_epochs={args.epochs}",
-        f"--seed={args.seed}",
+        f"--seed={seed}",
         "--eval_on_start=false",  # the demo's before-training evaluation is not part of this comparison
         f"--output_dir={output_dir}",
         "--overwrite_output_dir=true",
@@ -81,11 +94,17 @@ def recipe_argv(args: argparse.Namespace, pipeline: str, output_dir: Path) -> li
 
 
 def child(args: argparse.Namespace) -> None:
-    """One pipeline, in this process: the recipe's own Trainer (from its `build`), trained and then
-    evaluated on the held-out tweets with the recipe's compute_metrics, with every training batch
-    counted and every step timed."""
+    """One pipeline at one seed, in this process: the recipe's own Trainer (from its `build`),
+    trained and then evaluated on the held-out tweets with the recipe's compute_metrics, with every
+    training batch counted and every step timed."""
+    from transformers import Trainer
+
+    load_at_start = os.getloadavg()[0]
     out_dir = h.RESULTS_DIR / NAME / args.child
-    trainer = h.build_recipe("bert_cls", recipe_argv(args, args.child, out_dir)).trainer
+    trainer = h.build_recipe("bert_cls", recipe_argv(args, args.child, args.child_seed, out_dir)).trainer
+    if args.child == "hf_grouped":  # transformers' LengthGroupedSampler instead of the recipe's
+        trainer._get_train_sampler = Trainer._get_train_sampler.__get__(trainer)
+    sampler = type(trainer._get_train_sampler()).__name__
     masks = []  # the attention mask of every training batch, as the training loop receives it
     h.wrap_train_dataloader(trainer, on_batch=lambda batch: masks.append(batch["attention_mask"]))
     timer = h.step_timer_callback()
@@ -100,6 +119,9 @@ def child(args: argparse.Namespace) -> None:
     real_tokens = sum(batch_real_tokens)
     processed_tokens = sum(mask.numel() for mask in masks)
     result = {
+        "pipeline": args.child,
+        "seed": args.child_seed,
+        "sampler": sampler,
         "steps": len(durations),
         "step_seconds": durations,
         "batch_rows": batch_rows,
@@ -117,31 +139,90 @@ def child(args: argparse.Namespace) -> None:
         "eval_f1": eval_metrics["eval_f1"],
         "eval_loss": eval_metrics["eval_loss"],
         "train_loss": train_metrics["train_loss"],
+        "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]},
         "output_dir": str(out_dir),
     }
     Path(args.child_out).write_text(json.dumps(result), encoding="utf-8")
 
 
-def attribution(runs: dict[str, list[dict]], med) -> dict[str, float]:  # noqa: ANN001
-    """With dynamic_random: how much of the speed and of the accuracy gap comes from padding per
-    batch (dynamic_random vs run_glue, same batches) and how much from length grouping (recipe vs
-    dynamic_random)."""
-    if "dynamic_random" not in runs:
-        return {}
-    sps = {p: med(p, "samples_per_second") for p in runs}
-    acc = {p: runs[p][0]["eval_accuracy"] for p in runs}
-    same = runs["dynamic_random"][0]["batch_real_tokens"] == runs["run_glue"][0]["batch_real_tokens"]
-    return {
-        "dynamic_random trains on run_glue's batches (1 = yes)": float(same),
-        "speedup from per-batch padding (dynamic_random / run_glue)": sps["dynamic_random"] / sps["run_glue"],
-        "speedup from length grouping (recipe / dynamic_random)": sps["recipe"] / sps["dynamic_random"],
-        "accuracy points from per-batch padding (dynamic_random - run_glue)": (
-            100 * (acc["dynamic_random"] - acc["run_glue"])
-        ),
-        "accuracy points from length grouping (recipe - dynamic_random)": (
-            100 * (acc["recipe"] - acc["dynamic_random"])
-        ),
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (0 for a single value)."""
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return statistics.fmean(values), se
+
+
+def summarise(runs: dict[str, dict[int, dict]], seeds: list[int]) -> dict:
+    """Per pipeline: median samples/s and padding efficiency, mean accuracy; recipe vs run_glue:
+    per-seed speed-ups and accuracy gaps, their median and mean; for each attribution pipeline,
+    its mean accuracy gap to run_glue."""
+
+    def per_seed(pipeline: str, key: str) -> list[float]:
+        return [runs[pipeline][s][key] for s in seeds]
+
+    speedups = [
+        runs["recipe"][s]["samples_per_second"] / runs["run_glue"][s]["samples_per_second"] for s in seeds
+    ]
+    trainer_speedups = [
+        runs["recipe"][s]["trainer_train_samples_per_second"]
+        / runs["run_glue"][s]["trainer_train_samples_per_second"]
+        for s in seeds
+    ]
+    gaps = {
+        p: [100 * (runs[p][s]["eval_accuracy"] - runs["run_glue"][s]["eval_accuracy"]) for s in seeds]
+        for p in runs
+        if p != "run_glue"
     }
+    gap, gap_se = mean_and_se(gaps["recipe"])
+    median_speedup = h.median(speedups)
+    return {
+        "samples_per_second": {p: h.median(per_seed(p, "samples_per_second")) for p in runs},
+        "trainer_train_samples_per_second": {
+            p: h.median(per_seed(p, "trainer_train_samples_per_second")) for p in runs
+        },
+        "padding_efficiency": {p: h.median(per_seed(p, "padding_efficiency")) for p in runs},
+        "mean_batch_length": {p: h.median(per_seed(p, "mean_batch_length")) for p in runs},
+        "eval_accuracy": {p: statistics.fmean(per_seed(p, "eval_accuracy")) for p in runs},
+        "eval_f1": {p: statistics.fmean(per_seed(p, "eval_f1")) for p in runs},
+        "speedups": dict(zip(seeds, speedups, strict=True)),
+        "speedup": median_speedup,
+        "trainer_speedup": h.median(trainer_speedups),
+        "accuracy_gap_points_per_seed": {p: dict(zip(seeds, g, strict=True)) for p, g in gaps.items()},
+        "accuracy_gap_points": gap,
+        "accuracy_gap_points_se": gap_se,
+        "accuracy_gap_points_vs_run_glue": {p: statistics.fmean(g) for p, g in gaps.items()},
+        "targets": {
+            f"median speed-up >= {TARGET_SPEEDUP}x": median_speedup >= TARGET_SPEEDUP,
+            f"mean eval accuracy within {TARGET_GAP_POINTS} point of run_glue": abs(gap) <= TARGET_GAP_POINTS,
+        },
+    }
+
+
+def seed_table(runs: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    """One row per seed: each pipeline's accuracy and samples/s, the recipe's gap and speed-up."""
+    others = [p for p in runs if p not in ("recipe", "run_glue")]
+    header = ["seed", "recipe acc", "run_glue acc", "gap, points", "recipe samples/s", "run_glue samples/s"]
+    header += ["speed-up", "recipe padding eff."]
+    header += [f"{p} {what}" for p in others for what in ("acc", "samples/s")]
+    header += ["load 1 min (max)"]
+    rows = []
+    for s in seeds:
+        recipe, glue = runs["recipe"][s], runs["run_glue"][s]
+        loads = [r[s]["load_average_1min"] for r in runs.values()]
+        load = max(max(x["start"], x["end"]) for x in loads)
+        row = [
+            s,
+            f"{recipe['eval_accuracy']:.3f}",
+            f"{glue['eval_accuracy']:.3f}",
+            f"{100 * (recipe['eval_accuracy'] - glue['eval_accuracy']):+.2f}",
+            recipe["samples_per_second"],
+            glue["samples_per_second"],
+            f"{recipe['samples_per_second'] / glue['samples_per_second']:.2f}x",
+            f"{recipe['padding_efficiency']:.3f}",
+        ]
+        for p in others:
+            row += [f"{runs[p][s]['eval_accuracy']:.3f}", runs[p][s]["samples_per_second"]]
+        rows.append([*row, f"{load:.2f}"])
+    return h.markdown_table(header, rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,88 +231,58 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         child(args)
         return {}
-    print(f"{NAME}: MiniLM on {args.train_samples} tweets, max_seq_length {args.max_seq_length}", flush=True)
-    pipelines = [p for p in PIPELINES if p in {"recipe", "run_glue", *args.pipelines}]
-    runs: dict[str, list[dict]] = {name: [] for name in pipelines}
-    for repeat in range(args.repeats):
-        for pipeline in pipelines:
-            runs[pipeline].append(
-                h.run_child(
-                    __file__,
-                    NAME,
-                    pipeline,
-                    argv,
-                    name=f"{pipeline}-{repeat}",
-                    label=f"{pipeline} (run {repeat + 1})",
-                )
-            )
-
-    def med(pipeline: str, key: str) -> float:
-        return h.median([r[key] for r in runs[pipeline]])
-
-    recipe, glue = runs["recipe"][0], runs["run_glue"][0]
-    speedup = med("recipe", "samples_per_second") / med("run_glue", "samples_per_second")
-    trainer_speedup = med("recipe", "trainer_train_samples_per_second") / med(
-        "run_glue", "trainer_train_samples_per_second"
+    print(
+        f"{NAME}: MiniLM on {args.train_samples} tweets, batch {args.batch_size}, "
+        f"max_seq_length {args.max_seq_length}, seeds {args.seeds}",
+        flush=True,
     )
-    accuracy_gap = recipe["eval_accuracy"] - glue["eval_accuracy"]
+    pipelines = [p for p in PIPELINES if p in {"recipe", "run_glue", *args.pipelines}]
+    runs: dict[str, dict[int, dict]] = {p: {} for p in pipelines}
+    for seed in args.seeds:
+        for pipeline in pipelines:
+            runs[pipeline][seed] = h.run_child(
+                __file__,
+                NAME,
+                pipeline,
+                [*argv, "--child_seed", str(seed)],
+                name=f"{pipeline}-seed{seed}",
+                label=f"{pipeline} (seed {seed})",
+            )
+    summary = summarise(runs, args.seeds)
     result = {
         "benchmark": NAME,
         "machine": h.machine(),
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("child")},
         "runs": runs,
-        "samples_per_second": {p: med(p, "samples_per_second") for p in pipelines},
-        "trainer_train_samples_per_second": {
-            p: med(p, "trainer_train_samples_per_second") for p in pipelines
-        },
-        "padding_efficiency": {p: runs[p][0]["padding_efficiency"] for p in pipelines},
-        "mean_batch_length": {p: runs[p][0]["mean_batch_length"] for p in pipelines},
-        "eval_accuracy": {p: runs[p][0]["eval_accuracy"] for p in pipelines},
-        "eval_f1": {p: runs[p][0]["eval_f1"] for p in pipelines},
-        "speedup": speedup,
-        "trainer_speedup": trainer_speedup,
-        "accuracy_gap_points": 100 * accuracy_gap,
-        "attribution": attribution(runs, med),
-        "targets": {
-            "speedup >= 3": speedup >= 3,
-            "recipe padding efficiency >= 0.9": recipe["padding_efficiency"] >= 0.9,
-            "eval accuracy within 1 point": abs(accuracy_gap) <= 0.01,
-        },
+        **summary,
     }
     path = h.write_result(NAME, result)
-    header = [
-        "pipeline",
-        "samples/s (steady)",
-        "samples/s (Trainer, whole run)",
-        "padding efficiency",
-        "mean batch length",
-        "eval_accuracy",
-        "eval_f1",
+    print(seed_table(runs, args.seeds))
+    print()
+    header = ["pipeline", "samples/s (median)", "padding efficiency", "mean batch length", "accuracy (mean)"]
+    header += ["macro-F1 (mean)", "accuracy vs run_glue, points (mean)"]
+    rows = [
+        (
+            p,
+            summary["samples_per_second"][p],
+            summary["padding_efficiency"][p],
+            summary["mean_batch_length"][p],
+            f"{summary['eval_accuracy'][p]:.4f}",
+            f"{summary['eval_f1'][p]:.4f}",
+            f"{summary['accuracy_gap_points_vs_run_glue'].get(p, 0.0):+.2f}",
+        )
+        for p in pipelines
     ]
-    rows = []
-    for p in pipelines:
-        first = runs[p][0]
-        rows.append(
-            (
-                p,
-                med(p, "samples_per_second"),
-                med(p, "trainer_train_samples_per_second"),
-                first["padding_efficiency"],
-                first["mean_batch_length"],
-                first["eval_accuracy"],
-                first["eval_f1"],
-            )
-        )
     print(h.markdown_table(header, rows))
-    print(f"\nspeedup recipe / run_glue: {speedup:.2f}x steady ({trainer_speedup:.2f}x Trainer's own figure)")
-    print(f"accuracy gap: {100 * accuracy_gap:+.1f} points")
-    for key, value in result["attribution"].items():
-        print(
-            f"  {key}: {value:+.2f}"
-            if "points" in key
-            else f"  {key}: {value:.2f}" + "x" * ("speedup" in key)
-        )
-    for target, ok in result["targets"].items():
+    print(
+        f"\nmedian speed-up recipe / run_glue over {len(args.seeds)} seeds: {summary['speedup']:.2f}x steady "
+        f"({summary['trainer_speedup']:.2f}x Trainer's own whole-run figure)"
+    )
+    print(
+        f"mean accuracy difference recipe - run_glue: {summary['accuracy_gap_points']:+.2f} points "
+        f"(s.e. {summary['accuracy_gap_points_se']:.2f})"
+    )
+    for target, ok in summary["targets"].items():
         print(f"  {target}: {h.verdict(ok)}")
     print(f"wrote {path}")
     return result

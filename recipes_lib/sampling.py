@@ -1,0 +1,140 @@
+"""Training batches of similar length that train like random ones: the class mix kept, random order.
+
+Grouping examples by length saves most of the padding (bert_cls on tweets: ~1.6x faster than
+random batches), but where length goes with the label (short tweets are more often positive), a
+batch of similar lengths leans towards some classes: on the benchmark's tweets the share of one
+class varies about twice as much from batch to batch as in random batches. transformers'
+`LengthGroupedSampler` (`train_sampling_strategy: group_by_length`) also serves each mega-batch of
+up to 50 batches longest first, so such leaning batches come in runs. BENCHMARKS.md measures what
+each costs in accuracy.
+
+`LengthBucketSampler` sorts examples by their length rank within their class (when it is given
+the labels), so every batch holds about the data's class mix, at similar lengths, and serves the
+batches of an epoch in random order. `LengthBucketTrainer` is `transformers.Trainer` with that
+sampler behind `train_sampling_strategy: group_by_length`; every other strategy, and evaluation,
+is Trainer's own.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+
+import datasets
+import torch
+from torch.utils.data import Sampler
+from transformers import Trainer
+
+
+class LengthBucketSampler(Sampler[int]):
+    """Indices whose consecutive runs of `batch_size` have similar lengths, the runs in random order.
+
+    Every epoch: shuffle the examples, cut them into mega-batches of `mega_batch_mult` batches,
+    sort each mega-batch by length (with `labels`: by length rank within the class, so each batch
+    gets about the mega-batch's class mix) and cut it into batches, then shuffle all the batches of
+    the epoch. The `len % batch_size` examples left over (drawn at random) come last, so a
+    DataLoader that cuts this stream every `batch_size` indices gets exactly these batches.
+
+    The order depends only on `seed` and the epoch (`set_epoch`, which Trainer and accelerate
+    call), so every process of a distributed run draws the same stream and a resumed run the same
+    batches. Under DDP, accelerate deals the DataLoader's batches out in turn (batch i to process
+    i % world size); with `batch_size` = per-device batch x processes, the batches the processes
+    train on in one step come from one group and are about as long, so no process waits for a
+    longer one.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        mega_batch_mult: int = 50,
+        labels: Sequence[int] | None = None,
+    ):
+        if batch_size < 1 or mega_batch_mult < 1:
+            raise ValueError(f"batch_size and mega_batch_mult must be >= 1: {batch_size}, {mega_batch_mult}")
+        if labels is not None and len(labels) != len(lengths):
+            raise ValueError(f"{len(labels)} labels for {len(lengths)} lengths")
+        self.lengths = [int(n) for n in lengths]
+        self.labels = None if labels is None else list(labels)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega_batch_mult = mega_batch_mult
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches in the order they are served (the last one may be smaller)."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        leftover = len(order) % self.batch_size
+        grouped, tail = order[: len(order) - leftover], order[len(order) - leftover :]
+        mega_batch = self.batch_size * self.mega_batch_mult
+        batches = []
+        for start in range(0, len(grouped), mega_batch):
+            by_length = self.by_length(grouped[start : start + mega_batch])
+            batches += [by_length[i : i + self.batch_size] for i in range(0, len(by_length), self.batch_size)]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return shuffled + ([self.by_length(tail)] if tail else [])
+
+    def by_length(self, members: list[int]) -> list[int]:
+        """`members` from short to long; with labels, by each one's length rank within its class
+        (0.5 / n_class ... 1 - 0.5 / n_class), so every batch cut from the result holds about the
+        class mix of `members`, at about the same length."""
+        ordered = sorted(members, key=self.lengths.__getitem__)
+        if self.labels is None:
+            return ordered
+        per_class = collections.defaultdict(list)
+        for i in ordered:
+            per_class[self.labels[i]].append(i)
+        rank = {i: (k + 0.5) / len(same) for same in per_class.values() for k, i in enumerate(same)}
+        return sorted(ordered, key=rank.__getitem__)
+
+    def __iter__(self) -> Iterator[int]:
+        for batch in self.batches():
+            yield from batch
+
+
+def example_lengths(dataset: datasets.Dataset, column: str) -> list[int]:
+    """Each example's length: the `column` of lengths if it holds numbers, else the length of its
+    token list (read in one pass, not row by row)."""
+    values = dataset[column][:]
+    return [v if isinstance(v, int) else len(v) for v in values]
+
+
+def class_labels(dataset: datasets.Dataset, column: str = "labels") -> list[int] | None:
+    """The integer class labels of a classification dataset; None for regression or no labels."""
+    feature = dataset.features.get(column)
+    integer = isinstance(feature, datasets.ClassLabel) or (
+        isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))
+    )
+    return dataset[column][:] if integer else None
+
+
+class LengthBucketTrainer(Trainer):
+    """`Trainer` whose `train_sampling_strategy: group_by_length` draws training batches from
+    `LengthBucketSampler` (similar lengths, the class mix kept, random batch order) instead of
+    transformers' longest-first `LengthGroupedSampler`. The only override. Lengths come from the
+    `length_column_name` column if the dataset has one, else from the tokenizer's first input;
+    integer `labels` (classification) are kept mixed, float ones (regression) are not used."""
+
+    def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        grouped = self.args.train_sampling_strategy == "group_by_length"
+        if not grouped or not isinstance(dataset, datasets.Dataset):
+            return super()._get_train_sampler(train_dataset)
+        if self.args.length_column_name in dataset.column_names:
+            column = self.args.length_column_name
+        else:
+            column = getattr(self.processing_class, "model_input_names", ["input_ids"])[0]
+        return LengthBucketSampler(
+            example_lengths(dataset, column),
+            batch_size=self.args.train_batch_size * self.args.world_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            labels=class_labels(dataset),
+        )
