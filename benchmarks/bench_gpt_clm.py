@@ -1,6 +1,6 @@
 """gpt_clm: packing utilisation, recipe vs raw-loop tokens/s, and peak memory of full fine-tuning vs LoRA.
 
-    python benchmarks/bench_gpt_clm.py                  # SmolLM2-135M on Hamlet, 3 + 10 steps per run, ~2 min
+    python benchmarks/bench_gpt_clm.py                  # SmolLM2-135M on Hamlet, 3 + 20 steps per run, ~4 min
     python benchmarks/bench_gpt_clm.py --steps 30 --block_size 256
 
 The recipe's own `build(argv)` (recipes/gpt_clm/run.py, configs/demo.yaml: SmolLM2-135M, Hamlet,
@@ -11,6 +11,8 @@ makes its Trainer in three separate processes, so each one's peak resident memor
   recipe_lora  the recipe as the demo ships it (--use_lora true), `--steps` Trainer steps
   raw_lora     the same LoRA model and blocks in a plain PyTorch loop (forward, backward, clip,
                the optimizer Trainer would pick, linear schedule), no Trainer
+recipe_lora and raw_lora run `--repeats` times each, alternating which goes first; the table
+shows the median repeat of each (the lower of two).
 
 Packing utilisation = real tokens / tokens in the packed training batches (attention mask ones /
 elements); the recipe packs text into full blocks, so it must be 1.0. Memory is the library's
@@ -42,7 +44,10 @@ CHILDREN = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per run")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="recipe_lora/raw_lora pairs, alternating which goes first"
+    )
     p.add_argument("--warmup", type=int, default=3, help="steps run first and left out of the timing")
     p.add_argument("--block_size", type=int, default=64, help="the demo's value")
     p.add_argument("--batch_size", type=int, default=4, help="the demo's value")
@@ -151,7 +156,16 @@ def main(argv: list[str] | None = None) -> dict:
         child(args)
         return {}
     print(f"{NAME}: SmolLM2-135M, block_size {args.block_size}, batch {args.batch_size}", flush=True)
-    runs = {name: h.run_child(__file__, NAME, name, argv) for name in CHILDREN}
+    runs = {"recipe_full": h.run_child(__file__, NAME, "recipe_full", argv)}
+    pairs: dict[str, list[dict]] = {"recipe_lora": [], "raw_lora": []}
+    for repeat in range(args.repeats):
+        # Alternating which loop goes first, so neither always meets a warmer (or busier) machine.
+        order = ["recipe_lora", "raw_lora"] if repeat % 2 == 0 else ["raw_lora", "recipe_lora"]
+        for loop in order:
+            pairs[loop].append(h.run_child(__file__, NAME, loop, argv, name=f"{loop}-{repeat + 1}"))
+    # The repeat with the median tokens/s stands for each loop (the lower one of two).
+    for loop, repeats in pairs.items():
+        runs[loop] = sorted(repeats, key=lambda r: r["tokens_per_second"])[(len(repeats) - 1) // 2]
     full, lora, raw = runs["recipe_full"], runs["recipe_lora"], runs["raw_lora"]
     process_ratio = lora["peak_rss_mb"] / full["peak_rss_mb"]
     training_ratio = lora["training_peak_rss_mb"] / full["training_peak_rss_mb"]
@@ -162,6 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": h.machine(),
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("child")},
         "runs": runs,
+        "repeats": pairs,
+        "recipe_vs_raw_per_repeat": [
+            r["tokens_per_second"] / w["tokens_per_second"]
+            for r, w in zip(pairs["recipe_lora"], pairs["raw_lora"], strict=True)
+        ],
         "packing_utilisation": utilisation,
         "tokens_per_second": {k: v["tokens_per_second"] for k, v in runs.items()},
         "recipe_vs_raw_tokens_per_second": recipe_vs_raw,
@@ -199,7 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         for k, v in runs.items()
     ]
     print(h.markdown_table(header, rows))
+    per_repeat = ", ".join(f"{r:.3f}x" for r in result["recipe_vs_raw_per_repeat"])
     print(f"\npacking utilisation: {utilisation:.4f}; recipe / raw tokens/s (LoRA): {recipe_vs_raw:.3f}x")
+    print(f"recipe / raw per repeat (alternating order): {per_repeat}")
     print(f"peak memory LoRA / full: training {training_ratio:.3f}x, whole process {process_ratio:.3f}x")
     for target, ok in result["targets"].items():
         print(f"  {target}: {h.verdict(ok)}")

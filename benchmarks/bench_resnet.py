@@ -1,7 +1,7 @@
 """resnet_img: images/s of the recipe's Trainer vs a raw loop over the digits folder, and the
 dataloader's share of step time.
 
-    python benchmarks/bench_resnet.py                    # small ResNet on digits 32x32, 5 + 40 steps, ~15 s
+    python benchmarks/bench_resnet.py      # small ResNet on digits 32x32, 2 x (5 + 60) steps per loop, ~40 s
     python benchmarks/bench_resnet.py --steps 200 --repeats 2 --dataloader_num_workers 2
 
 recipe  recipes/resnet_img/run.py with configs/demo.yaml as shipped (from-scratch small ResNet,
@@ -32,9 +32,9 @@ NAME = "resnet"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
+    p.add_argument("--steps", type=int, default=60, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=5, help="steps run first and left out of the timing")
-    p.add_argument("--repeats", type=int, default=1, help="recipe/raw pairs, alternating which goes first")
+    p.add_argument("--repeats", type=int, default=2, help="recipe/raw pairs, alternating which goes first")
     p.add_argument(
         "--dataloader_num_workers",
         type=int,
@@ -74,16 +74,20 @@ def summarise(ends: list[float], loader: h.TimedBatches, sizes: list[int], warmu
     }
 
 
-def recipe_run(args: argparse.Namespace) -> tuple[dict, object, object]:
-    """The recipe's own Trainer from its `build`, its train dataloader wrapped to time each wait."""
+def build_run(args: argparse.Namespace) -> tuple[object, object]:
+    """The recipe's own Trainer from its `build`, and a copy of its initial model for the raw loop."""
     trainer = h.build_recipe("resnet_img", recipe_argv(args)).trainer
+    return trainer, copy.deepcopy(trainer.model)
+
+
+def recipe_run(args: argparse.Namespace, trainer) -> dict:  # noqa: ANN001
+    """Train the recipe's Trainer, its train dataloader wrapped to time each wait."""
     sizes: list[int] = []
     loaders = h.wrap_train_dataloader(trainer, on_batch=lambda batch: sizes.append(len(batch["labels"])))
-    initial_model = copy.deepcopy(trainer.model)
     timer = h.step_timer_callback()
     trainer.add_callback(timer)
     trainer.train()
-    return summarise(timer.ends, loaders[-1], sizes, args.warmup), initial_model, trainer
+    return summarise(timer.ends, loaders[-1], sizes, args.warmup)
 
 
 def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: ANN001
@@ -156,17 +160,22 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {"recipe": [], "raw": []}
     settings = {}
     for repeat in range(args.repeats):
-        print(f"  repeat {repeat + 1}: recipe, then raw from the same initial weights", flush=True)
-        recipe, initial_model, trainer = recipe_run(args)
+        # Alternating which loop goes first, so neither always meets a warmer (or busier) machine.
+        order = ["recipe", "raw"] if repeat % 2 == 0 else ["raw", "recipe"]
+        print(f"  repeat {repeat + 1}: {' then '.join(order)}, from the same initial weights", flush=True)
+        trainer, initial_model = build_run(args)
         settings = {
             "per_device_train_batch_size": trainer.args.per_device_train_batch_size,
             "dataloader_num_workers": trainer.args.dataloader_num_workers,
             "dataloader_pin_memory": trainer.args.dataloader_pin_memory,
             "train_images": len(trainer.train_dataset),
         }
+        for loop in order:
+            if loop == "recipe":
+                runs["recipe"].append(recipe_run(args, trainer))
+            else:
+                runs["raw"].append(raw_run(args, initial_model, trainer))
         del trainer.model
-        runs["recipe"].append(recipe)
-        runs["raw"].append(raw_run(args, initial_model, trainer))
 
     def med(kind: str, key: str) -> float:
         return h.median([r[key] for r in runs[kind]])

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# GPU throughput and MFU of the bert_cls and gpt_clm setups (BERT-base and GPT-2 sized, bf16, random
-# weights and random tokens: no assets, no Hub). One prepared run for a lent GPU machine, under 8 min.
+# GPU throughput and MFU of the bert_cls and gpt_clm recipes, BERT-base and GPT-2 sized, bf16. One
+# prepared run for a lent GPU machine, under 8 min. benchmarks/gpu_throughput.py writes synthetic
+# assets first (random-weight models from BertConfig/GPT2Config defaults, tokenizers trained on
+# made-up text of varied length, a CSV and a .txt corpus: no Hub), then trains each model through
+# its recipe's own build path (recipes/<name>/run.py build(): its collator, length-bucketed sampler,
+# callbacks, TrainingArguments defaults) and through a plain PyTorch loop on the same batches, and
+# reports samples/s, real and padded tokens/s, padding efficiency, TFLOP/s, MFU, peak memory and
+# recipe/raw per model. Its CPU smoke test (--smoke) runs in the test suite: tests/test_gpu_benchmark.py.
 #
 #   bash benchmarks/gpu.sh                       # figures in $OUT/gpu.json (else outputs/bench/gpu.json)
 #   bash benchmarks/gpu.sh --peak_tflops 312     # extra flags go to benchmarks/gpu_throughput.py
 #
-# Python: reuses .venv when it already imports torch + transformers + datasets + accelerate; else
+# Python: reuses .venv when it already imports torch, transformers, datasets, accelerate, tokenizers; else
 # builds .venv on top of the machine's own torch (--system-site-packages) and `pip install -e .`;
 # torch comes from the package registry only when the machine has none. Everything it prints also
 # goes to gpu.log beside gpu.json.
@@ -20,7 +26,7 @@ START=$(date +%s)
 echo "== gpu.sh $(date -u +%FT%TZ) in $(pwd)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "(no nvidia-smi)"
 
-CHECK='import torch, transformers, datasets, accelerate; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)'
+CHECK='import torch, transformers, datasets, accelerate, tokenizers; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "transformers", transformers.__version__)'
 PY=.venv/bin/python
 if ! { [ -x "$PY" ] && "$PY" -c "$CHECK"; }; then
   echo "== preparing .venv"
@@ -40,7 +46,7 @@ if ! { [ -x "$PY" ] && "$PY" -c "$CHECK"; }; then
     timeout 420 "$PY" -m pip install --quiet -e . || echo "pip install -e . failed (no registry?)"
   fi
   if ! "$PY" -c "$CHECK"; then
-    echo "cannot get torch + transformers + datasets + accelerate into .venv; nothing measured"
+    echo "cannot get torch, transformers, datasets, accelerate, tokenizers into .venv; nothing measured"
     exit 3
   fi
 fi

@@ -105,18 +105,23 @@ def wrap_train_dataloader(trainer: Any, on_batch: Callable[[Any], None] | None =
 
 
 def step_timer_callback() -> Any:
-    """A TrainerCallback recording `perf_counter()` at the end of every optimizer step (`.ends`)."""
+    """A TrainerCallback recording `perf_counter()` at the end of every optimizer step (`.ends`),
+    and this process's CPU time (`process_time()`, all its threads) at the same points (`.cpu_ends`):
+    on a shared machine, wall-clock steps stretch while others run, CPU seconds much less."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
+            self.cpu_ends: list[float] = []
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback API
             self.ends = [time.perf_counter()]  # the start: the first step's "previous end"
+            self.cpu_ends = [time.process_time()]
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
 
     return StepTimer()
 

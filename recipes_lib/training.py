@@ -2,7 +2,7 @@
 
 Before training: `setup_logging`, `prepare_output_dir` (resume a checkpoint of the same run,
 never clobber a finished or different run, record the resolved config) and the callbacks a
-recipe passes to `Trainer(callbacks=[...])`: `NonFiniteLossGuard` and `PeakMemory`.
+recipe gives its Trainer: `NonFiniteLossGuard` and `PeakMemory`.
 After training, in the order run.py calls them: `train_metrics`, `predict` (a split in dataset
 order, logged so the curves end with it), `save_results`, `write_predictions` and `finish_run`
 (trainer_state.json, all_results.json, curves, model card, the printed table). Each is one
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -202,18 +203,44 @@ def last_complete_checkpoint(out: Path, move_incomplete: bool = True) -> str | N
 
 
 class NonFiniteLossGuard(TrainerCallback):
-    """Stop with a TrainingError before a NaN/inf gradient reaches the weights, so every
-    checkpoint on disk stays finite. One fused norm over all gradients and one host sync per
-    optimizer step. Skipped under fp16, whose loss scaler already skips inf steps."""
+    """Stop with a TrainingError before a NaN/inf loss or gradient reaches the weights, so every
+    checkpoint on disk stays finite; every process stops at the same step under DDP (the norm is
+    taken after the gradients are averaged).
+
+    Costs no pass over the gradients: it reads the total gradient norm Trainer computes before
+    every optimizer step anyway (to clip the gradients, or, with `max_grad_norm: 0`, to log
+    their norm), kept on its way out of `trainer.accelerator.clip_grad_norm_`; one scalar read
+    per step. Where that norm is not available (DeepSpeed) it takes one fused norm itself.
+    Skipped under fp16, whose loss scaler already skips inf steps. Built with the trainer:
+    `trainer.add_callback(NonFiniteLossGuard(trainer))`.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.grad_norm: torch.Tensor | float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        # Here rather than in __init__: a hyperparameter search builds a new accelerator per trial.
+        accelerator = self.trainer.accelerator
+        clip = accelerator.clip_grad_norm_
+        if getattr(clip, "keeps_norm_for", None) is self:
+            return
+
+        def clip_and_keep_norm(*clip_args: Any, **clip_kwargs: Any) -> Any:
+            self.grad_norm = clip(*clip_args, **clip_kwargs)
+            return self.grad_norm
+
+        clip_and_keep_norm.keeps_norm_for = self
+        accelerator.clip_grad_norm_ = clip_and_keep_norm
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control, **kwargs) -> None:
+        norm, self.grad_norm = self.grad_norm, None
         if args.fp16:
             return
-        grads = [p.grad for p in kwargs["model"].parameters() if p.grad is not None]
-        if not grads:
-            return
-        total = torch.stack(torch._foreach_norm(grads)).sum()
-        if not torch.isfinite(total):
+        if norm is None:  # no norm from Trainer this step: one fused pass
+            grads = [p.grad for p in kwargs["model"].parameters() if p.grad is not None]
+            norm = torch.stack(torch._foreach_norm(grads)).sum() if grads else 0.0
+        if not math.isfinite(float(norm)):
             raise TrainingError(
                 f"the loss or its gradients became NaN/inf at step {state.global_step + 1}; the last "
                 "checkpoint in output_dir is intact. Lower learning_rate, check the data for NaN labels, "

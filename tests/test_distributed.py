@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from conftest import REPO
-from fixtures import build_tiny_bert, sentiment_rows, write_csv
+from fixtures import build_tiny_bert, regression_rows, sentiment_rows, write_csv
 
 BIN = Path(sys.executable).parent
 BERT_RUN = str(REPO / "recipes" / "bert_cls" / "run.py")
@@ -34,6 +34,9 @@ def launch(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # DDP does not search the autograd graph for unused weights every step (each recipe sets
+    # ddp_find_unused_parameters: every weight that trains is used in each forward pass).
+    assert "find_unused_parameters=True was specified" not in result.stderr
     return result
 
 
@@ -165,6 +168,39 @@ def test_a_plain_multi_process_launch_on_cpu_forms_one_group(bert_setup):
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 10
     assert state["epoch"] == pytest.approx(10 * 16 / 320)  # global batch 2 x 8: half an epoch
+
+
+def test_a_nan_loss_stops_every_rank_at_the_same_step(bert_setup, tmp_path):
+    """A label that makes the loss inf: both processes stop with the error line at the same step
+    (the gradient norm is taken after DDP averaged the gradients), none hangs, and every
+    checkpoint written before holds finite weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    d, args, _, _ = bert_setup
+    rows = regression_rows(160, seed=41)
+    rows[100]["label"] = 1e39  # inf in float32
+    train = write_csv(tmp_path / "train.csv", rows)
+    dev = write_csv(tmp_path / "dev.csv", regression_rows(20, seed=42))
+    out = tmp_path / "out"
+    model = args[args.index("--model_name_or_path") + 1]
+    cmd = [*LAUNCHERS["accelerate"], BERT_RUN, "--model_name_or_path", model, "--train_file", str(train),
+           "--validation_file", str(dev), "--output_dir", str(out), "--per_device_train_batch_size", "8",
+           "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+           "--learning_rate", "1e-3", "--use_cpu", "true", "--report_to", "none",
+           "--train_sampling_strategy", "sequential"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    stops = [line for line in result.stderr.splitlines() if line.startswith("error: ") and "NaN/inf" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], result.stderr[-3000:]
+    assert "at step 7;" in stops[0]  # rows 96-111 in file order, a global batch of 16
+    assert not (out / "all_results.json").exists()
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert steps[-1] == 6  # the last save before step 7 (save_total_limit keeps the newest)
+    for checkpoint in out.glob("checkpoint-*"):
+        weights = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), checkpoint.name
 
 
 def kill_run(proc: subprocess.Popen, marker: str) -> None:

@@ -34,14 +34,14 @@ def recorded_training_batches():
     """Every batch the model is trained on, as it reaches the model (after the collator)."""
     batches = []
 
-    class RecordingTrainer(gpt_clm.Trainer):
+    class RecordingTrainer(gpt_clm.LengthBucketTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
             if model.training:
                 batches.append({k: v.detach().clone() for k, v in inputs.items()})
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gpt_clm, "Trainer", RecordingTrainer)
+        patch.setattr(gpt_clm, "LengthBucketTrainer", RecordingTrainer)
         yield batches
 
 

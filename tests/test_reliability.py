@@ -89,3 +89,32 @@ def test_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tiny_be
     weights = load_file(out / "checkpoint-15" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (out / "all_results.json").exists()
+
+
+def test_the_nan_guard_takes_no_extra_pass_over_the_gradients(tiny_bert, tmp_path, monkeypatch):
+    """The guard reads the gradient norm Trainer computes to clip: one norm over the gradients
+    per optimizer step in all (Trainer's), with or without clipping (max_grad_norm 0 still logs
+    the norm)."""
+    import torch
+
+    calls = []
+    foreach_norm = torch._foreach_norm
+
+    def counting_norm(*args, **kwargs):
+        calls.append(1)
+        return foreach_norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counting_norm)
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(64, seed=3))
+    for max_grad_norm in ("1.0", "0"):
+        calls.clear()
+        out = tmp_path / f"out-{max_grad_norm}"
+        setup = bert_cls.build([
+            "--model_name_or_path", str(tiny_bert), "--train_file", str(train), "--output_dir", str(out),
+            "--per_device_train_batch_size", "16", "--max_steps", "4", "--save_strategy", "no",
+            "--eval_strategy", "no", "--use_cpu", "true", "--max_grad_norm", max_grad_norm,
+            "--validation_split_percentage", "10",
+        ])  # fmt: skip
+        setup.trainer.train()
+        assert setup.trainer.state.global_step == 4
+        assert len(calls) == 4, (max_grad_norm, len(calls))

@@ -228,7 +228,7 @@ def build(argv: list[str] | None = None) -> Setup:
         tokenizer, pad_to_multiple_of=8 if (training_args.fp16 or training_args.bf16) else None
     )
     peak_memory = PeakMemory()
-    callbacks = [NonFiniteLossGuard(), peak_memory]
+    callbacks = [peak_memory]
     if strategy_args.early_stopping_patience is not None:
         callbacks.append(
             EarlyStoppingCallback(
@@ -248,6 +248,8 @@ def build(argv: list[str] | None = None) -> Setup:
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
+    trainer.add_callback(NonFiniteLossGuard(trainer))
     return Setup(
         trainer=trainer,
         training_args=training_args,

@@ -52,6 +52,7 @@ from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, load_splits, require_columns
 from recipes_lib.errors import ConfigError, DataError, exit_on_error, loading_model
 from recipes_lib.metrics import classification_metrics
+from recipes_lib.sampling import LengthBucketTrainer
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
     NonFiniteLossGuard,
@@ -76,8 +77,9 @@ TRAINING_DEFAULTS = {
     "prediction_loss_only": True,
     # Perplexity before training on the same eval examples (step 0 of the log), beside the final one.
     "eval_on_start": True,
-    # Prompt/completion and chat examples in batches of similar lengths: little padding. Text
-    # blocks all have block_size tokens, so for them this is a plain shuffle.
+    # Prompt/completion and chat examples in batches of similar lengths: little padding, the
+    # batches in random order (LengthBucketTrainer, below). Text blocks all have block_size
+    # tokens, so for them this is a plain shuffle.
     "train_sampling_strategy": "group_by_length",
     # Every weight that trains (all, LoRA's, or the untied output layer) is used in each forward
     # pass, so DDP need not traverse the autograd graph each step looking for unused ones.
@@ -592,17 +594,19 @@ def build(argv: list[str] | None = None) -> Setup:
             tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=multiple
         )
 
-    # ---- Trainer. Callbacks: stop on a NaN/inf loss before it reaches the weights, peak memory,
-    # early stopping.
+    # ---- Trainer. group_by_length batches come from recipes_lib.sampling.LengthBucketSampler:
+    # similar lengths, served in random order (transformers' own sampler serves each group of
+    # batches longest first, which leans runs of steps towards a class where length goes with it).
+    # Callbacks: stop on a NaN/inf loss before it reaches the weights, peak memory, early stopping.
     peak_memory = PeakMemory()
-    callbacks = [NonFiniteLossGuard(), peak_memory]
+    callbacks = [peak_memory]
     if strategy_args.early_stopping_patience is not None:
         callbacks.append(
             EarlyStoppingCallback(
                 strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
             )
         )
-    trainer = Trainer(
+    trainer = LengthBucketTrainer(
         model=model,
         args=training_args,
         train_dataset=examples["train"],
@@ -611,6 +615,8 @@ def build(argv: list[str] | None = None) -> Setup:
         data_collator=collator,
         callbacks=callbacks,
     )
+    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
+    trainer.add_callback(NonFiniteLossGuard(trainer))
     return Setup(
         trainer=trainer,
         training_args=training_args,

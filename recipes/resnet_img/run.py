@@ -433,7 +433,7 @@ def build(argv: list[str] | None = None) -> Setup:
     # Callbacks: stop on a NaN/inf loss before it reaches the weights, measure peak memory, keep the
     # weight average (ema_decay), stop early.
     peak_memory = PeakMemory()
-    callbacks = [NonFiniteLossGuard(), peak_memory]
+    callbacks = [peak_memory]
     ema = None
     if model_args.ema_decay is not None:
         ema = WeightEMA(model_args.ema_decay, resume_from=last_checkpoint)
@@ -456,6 +456,8 @@ def build(argv: list[str] | None = None) -> Setup:
         optimizer_cls_and_kwargs=optimizer_factory,
         callbacks=callbacks,
     )
+    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
+    trainer.add_callback(NonFiniteLossGuard(trainer))
     # Step decay (the ResNet paper, torchvision's V1 recipe) instead of lr_scheduler_type.
     if model_args.lr_step_epochs is not None:
         trainer.lr_scheduler = step_decay(trainer, model_args.lr_step_epochs)

@@ -1,6 +1,6 @@
 """`recipes demo`: fine-tune real checkpoints on real data, offline, with all three recipes.
 
-Fetches the assets (`recipes assets`) into the cache, runs each recipe's `configs/demo.yaml`
+Fetches the assets (`recipes assets`) into the cache, runs each DEMO row's config (`configs/...`)
 as a subprocess, and tables the main metric before and after fine-tuning in summary.json.
 """
 
@@ -18,11 +18,41 @@ from recipes_lib.commands.list_recipes import aligned_table
 from recipes_lib.commands.locate import find_recipe
 from recipes_lib.errors import RecipeError
 
-# recipe, metric in all_results.json, the same metric before fine-tuning, model and data shown
+# run name (its folder), recipe, its config in configs/, the metrics in all_results.json each with
+# the same metric before fine-tuning, model and data shown
 DEMO = [
-    ("bert_cls", "eval_f1", "eval_f1_before", "all-MiniLM-L6-v2", "tweets sentiment (3 classes)"),
-    ("gpt_clm", "perplexity", "perplexity_before", "SmolLM2-135M + LoRA", "Shakespeare"),
-    ("resnet_img", "eval_accuracy", "eval_accuracy_before", "ResNet (from scratch)", "digits 32x32"),
+    (
+        "bert_cls",
+        "bert_cls",
+        "demo.yaml",
+        [("eval_f1", "eval_f1_before")],
+        "all-MiniLM-L6-v2",
+        "tweets sentiment (3 classes)",
+    ),
+    (
+        "gpt_clm",
+        "gpt_clm",
+        "demo.yaml",
+        [("perplexity", "perplexity_before")],
+        "SmolLM2-135M + LoRA",
+        "Shakespeare",
+    ),
+    (
+        "gpt_clm_sft",
+        "gpt_clm",
+        "sft_tweets.yaml",
+        [("eval_accuracy", "eval_accuracy_before"), ("eval_f1", "eval_f1_before")],
+        "SmolLM2-135M-Instruct + LoRA",
+        "tweets sentiment as chat (SFT)",
+    ),
+    (
+        "resnet_img",
+        "resnet_img",
+        "demo.yaml",
+        [("eval_accuracy", "eval_accuracy_before")],
+        "ResNet (from scratch)",
+        "digits 32x32",
+    ),
 ]
 
 
@@ -40,28 +70,29 @@ def run(args: argparse.Namespace) -> int:
     assets.prepare_all(cache)
     env = {**os.environ, "RECIPES_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     summary = []
-    for recipe, metric, before_key, model, data in DEMO:
-        run_dir = out / recipe
-        print(f"\n=== {recipe}: {model} on {data} -> {run_dir}", flush=True)
+    for name, recipe, config, metrics, model, data in DEMO:
+        run_dir = out / name
+        print(f"\n=== {name}: {model} on {data} -> {run_dir}", flush=True)
         run_py = find_recipe(recipe) / "run.py"
-        cmd = [sys.executable, str(run_py), "--config", "configs/demo.yaml", "--output_dir", str(run_dir)]
+        cmd = [sys.executable, str(run_py), "--config", f"configs/{config}", "--output_dir", str(run_dir)]
         cmd += ["--overwrite_output_dir", "true"]
         if subprocess.run(cmd, env=env).returncode != 0:
-            raise RecipeError(f"the {recipe} demo failed; its output is above and in {run_dir}")
+            raise RecipeError(f"the {name} demo failed; its output is above and in {run_dir}")
         results = json.loads((run_dir / "all_results.json").read_text())
-        summary.append(
-            {
-                "recipe": recipe,
-                "model": model,
-                "data": data,
-                "metric": metric,
-                "before": results.get(before_key),
-                "after": results.get(metric),
-                "train_seconds": results.get("train_runtime"),
-                "samples_per_second": results.get("train_samples_per_second"),
-                "output_dir": str(run_dir),
-            }
-        )
+        for metric, before_key in metrics:
+            summary.append(
+                {
+                    "recipe": name,
+                    "model": model,
+                    "data": data,
+                    "metric": metric,
+                    "before": results.get(before_key),
+                    "after": results.get(metric),
+                    "train_seconds": results.get("train_runtime"),
+                    "samples_per_second": results.get("train_samples_per_second"),
+                    "output_dir": str(run_dir),
+                }
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     rows = [("recipe", "model", "data", "metric", "before", "after", "train s", "samples/s", "output")]
