@@ -14,8 +14,8 @@ the same tensors in the same order. Each repeat then times, in alternating order
            off for biases and norms, as Trainer does), linear warmup/decay schedule, zero_grad
 
 Both do identical arithmetic; the difference is the loop around it (callbacks, logging, progress bar,
-loss bookkeeping, the NaN guard's gradient norms). Reported: median step time after `--warmup` steps,
-overhead = trainer / raw. Writes outputs/bench/overhead.json.
+loss bookkeeping, the NaN guard's check of the gradient norm Trainer computes to clip). Reported:
+median step time after `--warmup` steps, overhead = trainer / raw. Writes outputs/bench/overhead.json.
 """
 
 from __future__ import annotations

@@ -130,6 +130,7 @@ def parse_config(
         machine["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
     machine.update(gpu_speed_defaults(set(fields), chosen))
     machine.update(distributed_cpu_defaults(set(fields), chosen))
+    machine.update(loader_defaults(set(fields), chosen))
     parser.set_defaults(**direct, **machine)
 
     try:  # the file's values alone first, so that an error can say which file it is in
@@ -159,6 +160,9 @@ def parse_config(
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
         if isinstance(args, TrainingArguments):
+            if args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in chosen:
+                # Workers kept between epochs and evaluations instead of started anew each time.
+                args.dataloader_persistent_workers = True
             check_training_ranges(args)
             check_one_process_group(args)
     return tuple(parsed)
@@ -245,6 +249,16 @@ def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
     if "tf32" not in chosen and torch.cuda.get_device_capability(0) >= (8, 0):
         defaults["tf32"] = True
     return defaults
+
+
+def loader_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
+    """`dataloader_pin_memory: false` where there is no GPU to copy batches to: pinned pages only
+    speed up host-to-GPU copies, and torch warns about them on every CPU run."""
+    if "dataloader_pin_memory" not in fields or "dataloader_pin_memory" in chosen:
+        return {}
+    import torch
+
+    return {} if torch.cuda.is_available() else {"dataloader_pin_memory": False}
 
 
 def launched_processes() -> int:

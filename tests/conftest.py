@@ -13,6 +13,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Fixed BLAS thread counts: MKL's dynamic threading under load changes float summation order.
 os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+# `make test` runs two pytest workers (pytest-xdist), one per core: one torch thread each, and for
+# the recipes they launch, instead of two threads each fighting over the same two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -190,6 +190,7 @@ def test_machine_filled_keys_are_told_apart_from_chosen_ones(tmp_path, monkeypat
 
     monkeypatch.setattr(config, "tensorboard_available", lambda: True)
     monkeypatch.setattr(config, "gpu_speed_defaults", lambda fields, chosen: {"bf16": True})
+    monkeypatch.setattr(config, "loader_defaults", lambda fields, chosen: {})
     _, run, args = _parse(tmp_path, BASE + "use_cpu: true\n", ["--seed", "3"])
     assert args.report_to == ["tensorboard"] and args.bf16 is True
     assert run.machine_keys == ["bf16", "report_to"]
@@ -197,6 +198,26 @@ def test_machine_filled_keys_are_told_apart_from_chosen_ones(tmp_path, monkeypat
     assert not set(run.machine_keys) & set(run.explicit_keys)
     _, run, _ = _parse(tmp_path, BASE + "use_cpu: true\nreport_to: none\n")
     assert run.machine_keys == ["bf16"]  # the YAML chose report_to
+
+
+def test_loader_settings_follow_the_device_unless_chosen(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, run, args = _parse(tmp_path, BASE)
+    assert args.dataloader_pin_memory is False  # no GPU: nothing to pin for, and no warning
+    assert "dataloader_pin_memory" in run.machine_keys
+    assert args.dataloader_persistent_workers is False  # no workers to keep
+    _, _, args = _parse(tmp_path, BASE + "dataloader_num_workers: 2\n")
+    assert args.dataloader_persistent_workers is True
+    _, _, args = _parse(tmp_path, BASE + "dataloader_num_workers: 2\ndataloader_persistent_workers: false\n")
+    assert args.dataloader_persistent_workers is False
+    _, run, args = _parse(tmp_path, BASE, ["--dataloader_pin_memory", "true"])
+    assert "dataloader_pin_memory" not in run.machine_keys  # chosen: kept (use_cpu aside)
+    from recipes_lib.config import loader_defaults
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert loader_defaults({"dataloader_pin_memory"}, set()) == {}  # a GPU: Trainer's default, pinned
 
 
 def test_every_kind_of_yaml_value_parses(tmp_path):

