@@ -91,14 +91,14 @@ def run(args: argparse.Namespace) -> int:
         run_py = find_recipe(recipe) / "run.py"
         cmd = [sys.executable, str(run_py), "--config", f"configs/{config}", "--output_dir", str(run_dir)]
         cmd += ["--overwrite_output_dir", "true", "--disable_tqdm", "true"]
-        print(f"=== {name}: {model} on {data} -> {run_dir} (log: {log})", flush=True)
+        say(f"=== {name}: {model} on {data} -> {run_dir} (log: {log})")
         start = time.perf_counter()
         with open(log, "w") as f:
             code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         if code != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise RecipeError(f"the {name} demo failed (exit {code}); the end of {log}:\n{tail}")
-        print(f"=== {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        say(f"=== {name} done in {time.perf_counter() - start:.0f} s")
 
     # The longest runs first, so the last one to start is a short one.
     order = sorted(DEMO, key=lambda row: LONGEST_FIRST.index(row[0]))
@@ -137,6 +137,12 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + aligned_table(rows))
     print(f"\nsummary: {out / 'summary.json'}")
     return 0
+
+
+def say(line: str) -> None:
+    """One whole line at once: runs finish in parallel threads."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _num(value: float | None, digits: int = 4) -> str:
