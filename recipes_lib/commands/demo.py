@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         with open(log, "w") as f:
             code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         if code != 0:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise RecipeError(f"the {name} demo failed (exit {code}); the end of {log}:\n{tail}")
+            say("\n".join(log.read_text(errors="replace").splitlines()[-15:]))  # the end of its log
+            raise RecipeError(f"the {name} demo failed (exit {code}); its output is in {log}")
         say(f"=== {name} done in {time.perf_counter() - start:.0f} s")
 
     # The longest runs first, so the last one to start is a short one.
