@@ -34,9 +34,11 @@ class StrategyArguments:
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
     lora_target_modules: list[str] | None = field(
         default=None,
-        metadata={"help": "Module names to adapt; null: peft's default for the architecture, else every "
-                  "Linear/Conv2d layer of the backbone."},
-    )  # fmt: skip
+        metadata={
+            "help": "Module names to adapt; null: peft's default for the architecture, else every "
+            "Linear/Conv2d layer of the backbone."
+        },
+    )
     merge_lora: bool = field(
         default=False, metadata={"help": "Save the adapters merged into the weights (loads without peft)."}
     )
@@ -46,9 +48,11 @@ class StrategyArguments:
     )
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many evaluations without improving metric_for_best_model, and "
-                  "load the best checkpoint at the end. Needs eval_strategy = save_strategy."},
-    )  # fmt: skip
+        metadata={
+            "help": "Stop after this many evaluations without improving metric_for_best_model, and "
+            "load the best checkpoint at the end. Needs eval_strategy = save_strategy."
+        },
+    )
     early_stopping_threshold: float = field(
         default=0.0, metadata={"help": "How much the metric must improve to count as better."}
     )

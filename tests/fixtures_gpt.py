@@ -3,10 +3,14 @@ it can learn in seconds, and a question-answer task it can learn as prompt/compl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -105,3 +109,19 @@ def build_tiny_gpt2(out: Path, n_positions: int = 64, seed: int = 0, chat: bool 
     GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@contextlib.contextmanager
+def recorded_training_batches(gpt_clm: ModuleType) -> Iterator[list[dict]]:
+    """Every batch the recipe's model is trained on, as it reaches the model (after the collator)."""
+    batches = []
+
+    class RecordingTrainer(gpt_clm.LengthBucketTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                batches.append({k: v.detach().clone() for k, v in inputs.items()})
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gpt_clm, "LengthBucketTrainer", RecordingTrainer)
+        yield batches

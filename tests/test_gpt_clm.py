@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
+from fixtures_gpt import build_tiny_gpt2, pattern_lines, recorded_training_batches, write_lines
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recipes_lib.commands import assets
@@ -27,22 +26,6 @@ TINY = ["--learning_rate", "3e-3", "--per_device_train_batch_size", "16", "--per
         "64", "--num_train_epochs", "1", "--eval_strategy", "no", "--save_strategy", "no",
         "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true"]  # fmt: skip
 PROMPT = "the cat sat"
-
-
-@contextlib.contextmanager
-def recorded_training_batches():
-    """Every batch the model is trained on, as it reaches the model (after the collator)."""
-    batches = []
-
-    class RecordingTrainer(gpt_clm.LengthBucketTrainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if model.training:
-                batches.append({k: v.detach().clone() for k, v in inputs.items()})
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gpt_clm, "LengthBucketTrainer", RecordingTrainer)
-        yield batches
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +57,7 @@ def tiny_run(tiny_gpt2, pattern_txt, tmp_path_factory):
         "12",
         *TINY,
     ]
-    with recorded_training_batches() as batches:
+    with recorded_training_batches(gpt_clm) as batches:
         metrics = gpt_clm.main(argv)
     return out, metrics, batches
 
@@ -142,7 +125,7 @@ def test_lora_merged_into_weights_loads_without_peft(tiny_gpt2, tmp_path, caplog
     argv = ["--model_name_or_path", str(tiny_gpt2), "--train_file", str(train), "--text_column", "body",
             "--block_size", "1000", "--use_lora", "true", "--lora_r", "16", "--merge_lora", "true",
             "--output_dir", str(out), *TINY, "--learning_rate", "1e-2"]  # fmt: skip
-    with caplog.at_level(logging.WARNING), recorded_training_batches() as batches:
+    with caplog.at_level(logging.WARNING), recorded_training_batches(gpt_clm) as batches:
         metrics = gpt_clm.main(argv)
     assert "block_size 1000 > the model's 64 positions" in caplog.text
     assert {b["input_ids"].shape[1] for b in batches} == {64}  # clamped to the model's positions

@@ -4,7 +4,6 @@ and the real SmolLM2-135M-Instruct learning a labelled task with LoRA."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -18,7 +17,15 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, pattern_lines, write_jsonl, write_lines
+from fixtures_gpt import (
+    COLOR_OF,
+    build_tiny_gpt2,
+    color_questions,
+    pattern_lines,
+    recorded_training_batches,
+    write_jsonl,
+    write_lines,
+)
 from sklearn.metrics import f1_score
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, pipeline
 
@@ -39,34 +46,22 @@ def flags(**settings: object) -> list[str]:
     ]
 
 
+# No evaluations or checkpoints between the steps, on the CPU, quiet.
+QUIET = {
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
 # The tiny models learn from random init: a large learning rate, several epochs (seconds each).
 TINY = flags(
     learning_rate=5e-3,
     per_device_train_batch_size=16,
     per_device_eval_batch_size=32,
     num_train_epochs=4,
-    eval_strategy="no",
-    save_strategy="no",
-    use_cpu=True,
-    report_to="none",
-    disable_tqdm=True,
+    **QUIET,
 )
-
-
-@contextlib.contextmanager
-def recorded_training_batches():
-    """Every batch the model is trained on, as it reaches the model (after the collator)."""
-    batches = []
-
-    class RecordingTrainer(gpt_clm.LengthBucketTrainer):
-        def compute_loss(self, model, inputs, *args, **kwargs):
-            if model.training:
-                batches.append({k: v.detach().clone() for k, v in inputs.items()})
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gpt_clm, "LengthBucketTrainer", RecordingTrainer)
-        yield batches
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +222,7 @@ def test_labelled_csv_as_prompt_completion_learns_to_answer(chat_gpt2, tmp_path)
         sample_prompts="what color is the goat in the river?",
         output_dir=out,
     )
-    with recorded_training_batches() as batches:
+    with recorded_training_batches(gpt_clm) as batches:
         metrics = gpt_clm.main(argv)
     tokenizer = AutoTokenizer.from_pretrained(out)
 
@@ -468,11 +463,7 @@ def test_smollm2_lora_learns_to_answer_with_labels(smollm2, tmp_path):
         per_device_train_batch_size=8,
         per_device_eval_batch_size=30,
         num_train_epochs=1,
-        eval_strategy="no",
-        save_strategy="no",
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
+        **QUIET,
         output_dir=out,
         eval_on_start=False,  # the loss before training is not asserted: one evaluation less
         train_sampling_strategy="random",  # 23 steps: batches of similar lengths would lean to a class
