@@ -508,3 +508,21 @@ def labelled_tweets(csv_path: Path, n: int) -> list[dict[str, str]]:
         rows += [{"prompt": f"{question}\n\n{t['text']}", "completion": label} for t in chosen]
     rng.shuffle(rows)
     return rows
+
+
+def test_the_shipped_sft_demo_config_runs_as_the_readme_shows(smollm2, tmp_path):
+    """`python recipes/gpt_clm/run.py --config configs/sft_tweets.yaml` (the README's command and
+    the demo's SFT row), on a few examples: the real model and the tweets CSV from the asset cache,
+    the answers generated and scored before and after, the adapter saved."""
+    assets.fetch("tweets")
+    out = tmp_path / "sft_demo"
+    argv = ["--config", "configs/sft_tweets.yaml", "--output_dir", str(out), "--disable_tqdm", "true"]
+    argv += ["--max_train_samples", "16", "--max_eval_samples", "6"]  # seconds, not the demo's minutes
+    metrics = gpt_clm.main(argv)
+    assert metrics["eval_samples"] == 6 and metrics["train_samples"] == 16
+    for key in ("eval_accuracy", "eval_accuracy_before", "eval_f1", "eval_f1_before"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6
+    assert {p["reference"] for p in predictions} <= {"negative", "neutral", "positive"}
+    assert (out / "adapter_model.safetensors").is_file()
