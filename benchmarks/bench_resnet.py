@@ -1,7 +1,7 @@
 """resnet_img: images/s of the recipe's Trainer vs a raw loop over the digits folder, and the
 dataloader's share of step time.
 
-    python benchmarks/bench_resnet.py      # small ResNet, digits 32x32, 10 x (5 + 40) steps per loop, ~2 min
+    python benchmarks/bench_resnet.py      # small ResNet, digits 32x32, 10 x (5 + 40) steps per loop, ~3 min
     python benchmarks/bench_resnet.py --steps 200 --repeats 2 --dataloader_num_workers 2
 
 recipe  recipes/resnet_img/run.py with configs/demo.yaml as shipped (from-scratch small ResNet,
@@ -9,9 +9,12 @@ recipe  recipes/resnet_img/run.py with configs/demo.yaml as shipped (from-scratc
         Trainer run for `--warmup + --steps` steps
 raw     the same initial weights and the same transforms (the recipe's `resize_settings`,
         RandomResizedCrop/flip per the demo, ToImage, ToDtype, Normalize with the processor's
-        mean/std) through torchvision's
-        ImageFolder and a plain DataLoader (same batch size and worker count) and a plain loop
+        mean/std) as torchvision's classification reference applies them: ImageFolder, each image
+        transformed alone, a plain DataLoader (same batch size and worker count) and a plain loop
         (forward, backward, clip, the optimizer Trainer picks, linear schedule)
+raw_recipe_batches
+        the same plain loop over the recipe's own dataset and collator (the batches Trainer gets):
+        recipe / raw_recipe_batches is what Trainer's loop costs, the data path set aside
 
 Dataloader share = time spent waiting for the next batch / total step time, after warm-up. The
 recipe's Trainer is the one its own `build(argv)` makes; its wait is timed by wrapping the train
@@ -28,6 +31,9 @@ import time
 import recipe_harness as h
 
 NAME = "resnet"
+# raw: torchvision's ImageFolder and per-image transforms; raw_recipe_batches: the recipe's own dataset
+# and collator through a plain DataLoader, so recipe / raw_recipe_batches is Trainer's loop alone.
+LOOPS = ["recipe", "raw", "raw_recipe_batches"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,18 +101,17 @@ def recipe_run(args: argparse.Namespace, trainer) -> dict:  # noqa: ANN001
     return summarise(timer.ends, timer.cpu_ends, loaders[-1], sizes, args.warmup)
 
 
-def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: ANN001
+def torchvision_data(recipe_trainer) -> tuple[object, object]:  # noqa: ANN001
+    """The demo's training images as torchvision's classification reference reads them: ImageFolder,
+    each image decoded, cropped, flipped, converted and normalized alone, then stacked."""
     import torch
-    from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
-    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
 
     from recipes_lib.config import expand_vars, load_yaml
 
     resize_settings = h.load_recipe("resnet_img").resize_settings
     config = load_yaml(h.demo_config("resnet_img"))
-    targs = recipe_trainer.args
     processor = recipe_trainer.processing_class
     _, crop, interpolation = resize_settings(processor)
     transform = v2.Compose(
@@ -118,7 +123,28 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
             v2.Normalize(mean=list(processor.image_mean), std=list(processor.image_std)),
         ]
     )
-    dataset = ImageFolder(expand_vars(config["train_dir"]), transform=transform)
+
+    def collate(items: list) -> dict:
+        return {
+            "pixel_values": torch.stack([x for x, _ in items]),
+            "labels": torch.tensor([y for _, y in items]),
+        }
+
+    return ImageFolder(expand_vars(config["train_dir"]), transform=transform), collate
+
+
+def raw_run(args: argparse.Namespace, model, recipe_trainer, data: str = "torchvision") -> dict:  # noqa: ANN001
+    """A plain loop from the recipe's initial weights. `data`: "torchvision" (ImageFolder, per-image
+    transforms) or "recipe" (the recipe's own dataset and collator: the batches Trainer gets)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+
+    targs = recipe_trainer.args
+    if data == "recipe":
+        dataset, collate = recipe_trainer.train_dataset, recipe_trainer.data_collator
+    else:
+        dataset, collate = torchvision_data(recipe_trainer)
     set_seed(targs.seed)
     sizes: list[int] = []
     loader = h.TimedBatches(
@@ -127,10 +153,7 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
             batch_size=targs.per_device_train_batch_size,
             shuffle=True,
             num_workers=targs.dataloader_num_workers,
-            collate_fn=lambda items: {
-                "pixel_values": torch.stack([x for x, _ in items]),
-                "labels": torch.tensor([y for _, y in items]),
-            },
+            collate_fn=collate,
         ),
         on_batch=lambda batch: sizes.append(len(batch["labels"])),
     )
@@ -163,11 +186,11 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer) -> dict:  # noqa: A
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     print(f"{NAME}: small ResNet on digits 32x32, {args.warmup} + {args.steps} steps", flush=True)
-    runs: dict[str, list[dict]] = {"recipe": [], "raw": []}
+    runs: dict[str, list[dict]] = {loop: [] for loop in LOOPS}
     settings = {}
     for repeat in range(args.repeats):
-        # Alternating which loop goes first, so neither always meets a warmer (or busier) machine.
-        order = ["recipe", "raw"] if repeat % 2 == 0 else ["raw", "recipe"]
+        # Rotating which loop goes first, so none always meets a warmer (or busier) machine.
+        order = LOOPS[repeat % 3 :] + LOOPS[: repeat % 3]
         print(f"  repeat {repeat + 1}: {' then '.join(order)}, from the same initial weights", flush=True)
         trainer, initial_model = build_run(args)
         settings = {
@@ -180,20 +203,22 @@ def main(argv: list[str] | None = None) -> dict:
             if loop == "recipe":
                 runs["recipe"].append(recipe_run(args, trainer))
             else:
-                runs["raw"].append(raw_run(args, initial_model, trainer))
+                data = "recipe" if loop == "raw_recipe_batches" else "torchvision"
+                runs[loop].append(raw_run(args, copy.deepcopy(initial_model), trainer, data))
         del trainer.model
 
     def med(kind: str, key: str) -> float:
         return h.median([r[key] for r in runs[kind]])
 
-    # Each repeat's recipe/raw ratio compares two runs minutes apart at most; this VM's speed drifts
-    # by tens of percent over longer spans, so the headline is the median of those ratios.
-    def ratios(key: str) -> list[float]:
-        return [r[key] / w[key] for r, w in zip(runs["recipe"], runs["raw"], strict=True)]
+    # Each repeat's ratios compare runs seconds apart; this VM's speed drifts by tens of percent over
+    # longer spans, so the headlines are medians of the per-repeat ratios.
+    def ratios(baseline: str, key: str) -> list[float]:
+        return [r[key] / w[key] for r, w in zip(runs["recipe"], runs[baseline], strict=True)]
 
-    per_repeat = ratios("images_per_second")
+    per_repeat = ratios("raw", "images_per_second")
     ratio = h.median(per_repeat)
-    cpu_ratio = h.median(ratios("images_per_cpu_second"))
+    cpu_ratio = h.median(ratios("raw", "images_per_cpu_second"))
+    same_batches = ratios("raw_recipe_batches", "images_per_second")
     result = {
         "benchmark": NAME,
         "machine": h.machine(),
@@ -204,6 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
         "recipe_vs_raw_images_per_second": ratio,
         "recipe_vs_raw_images_per_cpu_second": cpu_ratio,
         "recipe_vs_raw_per_repeat": per_repeat,
+        # The same batches on both sides: what Trainer's loop itself costs against a plain loop.
+        "recipe_vs_raw_recipe_batches_images_per_second": h.median(same_batches),
+        "recipe_vs_raw_recipe_batches_images_per_cpu_second": h.median(
+            ratios("raw_recipe_batches", "images_per_cpu_second")
+        ),
+        "recipe_vs_raw_recipe_batches_per_repeat": same_batches,
     }
     path = h.write_result(NAME, result)
     rows = [
@@ -220,6 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(h.markdown_table(header, rows))
     print(f"\nrecipe / raw images/s, median of the repeats: {ratio:.3f}x ({cpu_ratio:.3f}x per CPU-second)")
     print("per repeat: " + ", ".join(f"{r:.3f}x" for r in per_repeat))
+    print(
+        f"recipe / raw on the recipe's batches (Trainer's loop alone): {h.median(same_batches):.3f}x "
+        f"({result['recipe_vs_raw_recipe_batches_images_per_cpu_second']:.3f}x per CPU-second)"
+    )
+    print("per repeat: " + ", ".join(f"{r:.3f}x" for r in same_batches))
     print(f"recipe dataloader settings: {settings}")
     print(f"wrote {path}")
     return result

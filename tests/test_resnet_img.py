@@ -412,6 +412,40 @@ def test_random_erasing_blanks_a_rectangle_of_training_images_only(tiny_resnet, 
         assert erased[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()  # one filled rectangle
         assert erased.sum() >= 0.02 * erased.numel()  # torchvision's smallest: 2% of the area
     assert not (setup.datasets["validation"][0]["pixel_values"] == 0).all(0).any()
+    # Trainer fetches whole batches: each image in a batch gets its own rectangle.
+    batch = setup.datasets["train"].__getitems__(list(range(6)))
+    masks = [(e["pixel_values"] == 0).all(0) for e in batch]
+    assert all(m.any() for m in masks)
+    assert len({tuple(m.flatten().tolist()) for m in masks}) > 1
+
+
+def test_a_batch_of_images_has_the_values_of_each_image_transformed_alone(tiny_resnet, digits, tmp_path):
+    # The transform normalizes a fetched batch at once; whole-image crops without flips make the
+    # training transform deterministic, so both splits can be compared value for value.
+    whole = ["--min_crop_scale", "1", "--horizontal_flip", "false"]
+    setup = setup_for(tiny_resnet, digits / "train", digits / "validation", tmp_path / "out", *whole)
+    for split in ("train", "validation"):
+        rows = [0, 7, 100, 359]
+        batch = setup.datasets[split].__getitems__(rows)
+        for row, example in zip(rows, batch, strict=True):
+            alone = setup.datasets[split][row]
+            assert torch.equal(example["pixel_values"], alone["pixel_values"])
+            assert example["labels"] == alone["labels"]
+        assert batch[0]["pixel_values"].dtype == torch.float32
+        assert abs(float(torch.stack([e["pixel_values"] for e in batch]).mean())) < 1.5  # normalized
+
+
+def test_flops_are_reported_without_counting_parameters_every_step(tiny_resnet, colours, tmp_path):
+    setup = setup_for(tiny_resnet, *colours, tmp_path / "out", "--max_steps", "3")
+    model, trainer = setup.trainer.model, setup.trainer
+    n_params = model.num_parameters(exclude_embeddings=True)
+    counted = []
+    count = model.num_parameters
+    model.num_parameters = lambda *a, **k: counted.append(1) or count(*a, **k)
+    pixels = next(iter(trainer.get_train_dataloader()))["pixel_values"].numel()
+    trainer.train()
+    assert counted == []  # no walk over the model after each step
+    assert trainer.state.total_flos == 3 * 6 * pixels * n_params  # what Trainer's own count gives
 
 
 def test_mixup_and_cutmix_give_soft_targets_in_training_batches_only(tiny_resnet, colours, tmp_path):

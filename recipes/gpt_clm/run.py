@@ -58,6 +58,7 @@ from recipes_lib.training import (
     NonFiniteLossGuard,
     PeakMemory,
     atomic_write,
+    count_flops_once,
     finish_run,
     metrics_before_training,
     predict,
@@ -617,6 +618,7 @@ def build(argv: list[str] | None = None) -> Setup:
     )
     # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
     trainer.add_callback(NonFiniteLossGuard(trainer))
+    count_flops_once(trainer)  # not a walk over every module after every step
     return Setup(
         trainer=trainer,
         training_args=training_args,
