@@ -152,10 +152,33 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
             None,
         )
         ratio = r["recipe_vs_raw_tokens_per_second"]
-        add("gpt_clm", "tokens/s recipe / raw loop (LoRA)", ratio, ">= 0.95x", ratio >= 0.95)
+        pairs = len(r["recipe_vs_raw_per_repeat"])
+        claim = f"tokens/s recipe / raw loop (LoRA, median of {pairs} alternating pairs)"
+        add("gpt_clm", claim, ratio, ">= 0.95x", ratio >= 0.95)
+        if "recipe_vs_raw_tokens_per_cpu_second" in r:
+            cpu = r["recipe_vs_raw_tokens_per_cpu_second"]
+            add("gpt_clm", "tokens per CPU-second recipe / raw loop (LoRA)", cpu, None, None)
     if r := results.get("resnet"):
         ratio = r["recipe_vs_raw_images_per_second"]
-        add("resnet", "images/s recipe / raw loop", ratio, ">= 0.95x", ratio >= 0.95)
+        pairs = len(r["recipe_vs_raw_per_repeat"])
+        claim = f"images/s recipe / raw torchvision loop (median of {pairs} rotating repeats)"
+        add("resnet", claim, ratio, ">= 0.95x", ratio >= 0.95)
+        add(
+            "resnet",
+            "images per CPU-second recipe / raw",
+            r["recipe_vs_raw_images_per_cpu_second"],
+            None,
+            None,
+        )
+        if "recipe_vs_raw_recipe_batches_images_per_second" in r:
+            same = r["recipe_vs_raw_recipe_batches_images_per_second"]
+            add(
+                "resnet",
+                "images/s recipe / raw loop on the recipe's batches (Trainer's loop alone)",
+                same,
+                None,
+                None,
+            )
         add("resnet", "dataloader share of step time, recipe", r["dataloader_share"]["recipe"], None, None)
         add("resnet", "dataloader share of step time, raw", r["dataloader_share"]["raw"], None, None)
     if r := results.get("preprocessing"):
@@ -211,8 +234,7 @@ def plot(results: dict[str, dict | None], path: Path) -> None:
         recipe_peaks = {k: v for k, v in peaks.items() if k.startswith("recipe")}
         panels.append((f"gpt_clm training peak MiB: LoRA/full {ratio:.2f}x (<= 0.7x)", recipe_peaks, None))
     if r := results.get("resnet"):
-        share = r["dataloader_share"]
-        title = f"resnet images/s (dataloader share {share['recipe']:.0%} / {share['raw']:.0%})"
+        title = f"resnet images/s (recipe/raw {r['recipe_vs_raw_images_per_second']:.2f}x)"
         panels.append((title, r["images_per_second"], None))
     if r := results.get("preprocessing"):
         seconds = {"first": r["first_seconds"], "cached": r["cached_seconds"]}
