@@ -1,6 +1,6 @@
 """Run every benchmark with its defaults, then summarise: `make bench` calls this.
 
-    python benchmarks/run_all.py                            # all five, ~25 min on 2 cores
+    python benchmarks/run_all.py                            # all five, ~30 min on 2 cores
     python benchmarks/run_all.py --only overhead resnet     # a subset
     python benchmarks/run_all.py --wait_idle 600            # on a shared machine: wait for idle CPUs first
 
