@@ -88,7 +88,7 @@ def packing(batches: list[dict]) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     import torch
-    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
     from recipes_lib.training import PeakMemory, peak_memory_mb
 
@@ -119,12 +119,8 @@ def child(args: argparse.Namespace) -> None:
         ends, cpu_ends = timer.ends, timer.cpu_ends
     else:
         model, targs = trainer.model, trainer.args
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+        optimizer, schedule = h.plain_optimizer(trainer, model, total_steps)
         trainable_params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = optimizer_cls(trainable_params, weight_decay=targs.weight_decay, **optimizer_kwargs)
-        schedule = get_linear_schedule_with_warmup(
-            optimizer, targs.get_warmup_steps(total_steps), total_steps
-        )
         set_seed(targs.seed)
         model.train()
         peak = PeakMemory()  # the same meter, its train begin/end hooks called around the loop

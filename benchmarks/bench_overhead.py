@@ -89,20 +89,12 @@ def raw_run(args: argparse.Namespace, batches: list[dict]) -> tuple[list[float],
     import time
 
     import torch
-    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
     setup = h.build_recipe("bert_cls", recipe_argv(args))  # only for its fresh model and args
     model, targs = setup.trainer.model, setup.training_args
+    optimizer, schedule = h.plain_optimizer(setup.trainer, model, len(batches))
     del setup
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
-    decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower()]
-    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n.lower()]
-    optimizer = optimizer_cls(
-        [{"params": decay, "weight_decay": targs.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        **optimizer_kwargs,
-    )
-    total = len(batches)
-    schedule = get_linear_schedule_with_warmup(optimizer, targs.get_warmup_steps(total), total)
     set_seed(targs.seed)
     model.train()
     ends = [time.perf_counter()]

@@ -138,7 +138,7 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer, data: str = "torchv
     transforms) or "recipe" (the recipe's own dataset and collator: the batches Trainer gets)."""
     import torch
     from torch.utils.data import DataLoader
-    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
     targs = recipe_trainer.args
     if data == "recipe":
@@ -157,15 +157,8 @@ def raw_run(args: argparse.Namespace, model, recipe_trainer, data: str = "torchv
         ),
         on_batch=lambda batch: sizes.append(len(batch["labels"])),
     )
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
-    decay = [p for n, p in model.named_parameters() if "bias" not in n and "norm" not in n.lower()]
-    no_decay = [p for n, p in model.named_parameters() if "bias" in n or "norm" in n.lower()]
-    optimizer = optimizer_cls(
-        [{"params": decay, "weight_decay": targs.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        **optimizer_kwargs,
-    )
     total = args.steps + args.warmup
-    schedule = get_linear_schedule_with_warmup(optimizer, targs.get_warmup_steps(total), total)
+    optimizer, schedule = h.plain_optimizer(recipe_trainer, model, total)
     model.train()
     ends, cpu_ends = [time.perf_counter()], [time.process_time()]
     while len(ends) <= total:

@@ -386,26 +386,16 @@ def run_recipe(kind: str, argv: list[str], args: argparse.Namespace) -> tuple[di
 def run_raw(kind: str, argv: list[str], args: argparse.Namespace, batches: list[dict]) -> dict:
     """A plain PyTorch loop over the recipe's batches, on a fresh build's model (same weights)."""
     import torch
-    from transformers import Trainer, get_linear_schedule_with_warmup, set_seed
+    from transformers import set_seed
 
     setup = h.build_recipe(RECIPES[kind], argv)  # for its fresh model and arguments only
     model, targs = setup.trainer.model, setup.training_args
-    decay_names = set(setup.trainer.get_decay_parameter_names(model))
-    del setup
-    free_memory()
     device = targs.device
     model.to(device).train()
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = optimizer_cls(
-        [
-            {"params": [p for n, p in params if n in decay_names], "weight_decay": targs.weight_decay},
-            {"params": [p for n, p in params if n not in decay_names], "weight_decay": 0.0},
-        ],
-        **optimizer_kwargs,
-    )
     total = len(batches)
-    schedule = get_linear_schedule_with_warmup(optimizer, targs.get_warmup_steps(total), total)
+    optimizer, schedule = h.plain_optimizer(setup.trainer, model, total)
+    del setup
+    free_memory()
     if device.type == "cuda":  # as a DataLoader with pin_memory hands them over
         batches = [{k: v.pin_memory() for k, v in b.items()} for b in batches]
         torch.cuda.reset_peak_memory_stats()
@@ -429,9 +419,8 @@ def run_raw(kind: str, argv: list[str], args: argparse.Namespace, batches: list[
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     run = figures(kind, model, batches, h.step_durations(ends), args, peak)
     run["mean_train_loss"] = float(torch.stack(losses).float().mean())
-    run["optimizer"] = (
-        f"{optimizer_cls.__name__}({', '.join(f'{k}={v}' for k, v in optimizer_kwargs.items())})"
-    )
+    settings = {k: optimizer.defaults[k] for k in ("lr", "betas", "eps", "fused") if k in optimizer.defaults}
+    run["optimizer"] = f"{type(optimizer).__name__}({', '.join(f'{k}={v}' for k, v in settings.items())})"
     del model, optimizer, schedule, losses
     free_memory()
     return run

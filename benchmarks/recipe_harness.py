@@ -57,6 +57,28 @@ def build_recipe(recipe: str, argv: Sequence[str]) -> Any:
     return load_recipe(recipe).build(list(argv))
 
 
+def plain_optimizer(trainer: Any, model: Any, total_steps: int) -> tuple[Any, Any]:
+    """The optimizer and schedule Trainer would make for `model` under `trainer.args`, for a raw
+    loop: Trainer's optimizer class and arguments (`optim`, fused AdamW by default), weight decay on
+    the parameters Trainer decays (`get_decay_parameter_names`) and none on the rest, trainable
+    parameters only, warmup then linear decay over `total_steps`."""
+    from transformers import Trainer, get_linear_schedule_with_warmup
+
+    targs = trainer.args
+    decay_names = set(trainer.get_decay_parameter_names(model))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(targs, model)
+    optimizer = optimizer_cls(
+        [
+            {"params": [p for n, p in params if n in decay_names], "weight_decay": targs.weight_decay},
+            {"params": [p for n, p in params if n not in decay_names], "weight_decay": 0.0},
+        ],
+        **optimizer_kwargs,
+    )
+    schedule = get_linear_schedule_with_warmup(optimizer, targs.get_warmup_steps(total_steps), total_steps)
+    return optimizer, schedule
+
+
 class TimedBatches:
     """Wraps a dataloader: records the (start, end) of every wait for the next batch in `.waits`
     and hands each batch to `on_batch` (e.g. to count its tokens) before the loop sees it.

@@ -104,7 +104,9 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
     """One row per claim: what, value, target, met (None: no target)."""
     rows = []
 
-    def add(bench: str, claim: str, value: float | None, target: str | None, met: bool | None) -> None:
+    def add(
+        bench: str, claim: str, value: float | None, target: str | None = None, met: bool | None = None
+    ) -> None:
         rows.append({"benchmark": bench, "claim": claim, "value": value, "target": target, "met": met})
 
     if r := results.get("bert_padding"):
@@ -116,12 +118,10 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
             "bert_padding",
             "samples/s recipe / run_glue (Trainer's whole-run figure, median)",
             r["trainer_speedup"],
-            None,
-            None,
         )
         eff = r["padding_efficiency"]["recipe"]
         add("bert_padding", "padding efficiency, recipe", eff, ">= 0.9", eff >= 0.9)
-        add("bert_padding", "padding efficiency, run_glue", r["padding_efficiency"]["run_glue"], None, None)
+        add("bert_padding", "padding efficiency, run_glue", r["padding_efficiency"]["run_glue"])
         gap = r["accuracy_gap_points"]
         claim = (
             f"eval_accuracy recipe - run_glue, points, mean of {seeds} seeds "
@@ -130,7 +130,7 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
         add("bert_padding", claim, gap, "within 0.75 point", abs(gap) <= 0.75)
         for pipeline, points in r["accuracy_gap_points_vs_run_glue"].items():
             if pipeline != "recipe":
-                add("bert_padding", f"eval_accuracy {pipeline} - run_glue, points (mean)", points, None, None)
+                add("bert_padding", f"eval_accuracy {pipeline} - run_glue, points (mean)", points)
     if r := results.get("overhead"):
         add(
             "overhead",
@@ -144,47 +144,29 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
         add("gpt_clm", "packing utilisation", u, "== 1.0", u == 1.0)
         m = r["lora_vs_full_training_peak_memory"] or r["lora_vs_full_process_peak_memory"]
         add("gpt_clm", "peak memory LoRA / full (training)", m, "<= 0.7x", m <= 0.7)
-        add(
-            "gpt_clm",
-            "peak memory LoRA / full (whole process)",
-            r["lora_vs_full_process_peak_memory"],
-            None,
-            None,
-        )
+        add("gpt_clm", "peak memory LoRA / full (whole process)", r["lora_vs_full_process_peak_memory"])
         ratio = r["recipe_vs_raw_tokens_per_second"]
         pairs = len(r["recipe_vs_raw_per_repeat"])
         claim = f"tokens/s recipe / raw loop (LoRA, median of {pairs} alternating pairs)"
         add("gpt_clm", claim, ratio, ">= 0.95x", ratio >= 0.95)
         if "recipe_vs_raw_tokens_per_cpu_second" in r:
             cpu = r["recipe_vs_raw_tokens_per_cpu_second"]
-            add("gpt_clm", "tokens per CPU-second recipe / raw loop (LoRA)", cpu, None, None)
+            add("gpt_clm", "tokens per CPU-second recipe / raw loop (LoRA)", cpu)
     if r := results.get("resnet"):
         ratio = r["recipe_vs_raw_images_per_second"]
         pairs = len(r["recipe_vs_raw_per_repeat"])
         claim = f"images/s recipe / raw torchvision loop (median of {pairs} rotating repeats)"
         add("resnet", claim, ratio, ">= 0.95x", ratio >= 0.95)
-        add(
-            "resnet",
-            "images per CPU-second recipe / raw",
-            r["recipe_vs_raw_images_per_cpu_second"],
-            None,
-            None,
-        )
+        add("resnet", "images per CPU-second recipe / raw", r["recipe_vs_raw_images_per_cpu_second"])
         if "recipe_vs_raw_recipe_batches_images_per_second" in r:
             same = r["recipe_vs_raw_recipe_batches_images_per_second"]
-            add(
-                "resnet",
-                "images/s recipe / raw loop on the recipe's batches (Trainer's loop alone)",
-                same,
-                None,
-                None,
-            )
-        add("resnet", "dataloader share of step time, recipe", r["dataloader_share"]["recipe"], None, None)
-        add("resnet", "dataloader share of step time, raw", r["dataloader_share"]["raw"], None, None)
+            add("resnet", "images/s recipe / raw loop on the recipe's batches (Trainer's loop alone)", same)
+        add("resnet", "dataloader share of step time, recipe", r["dataloader_share"]["recipe"])
+        add("resnet", "dataloader share of step time, raw", r["dataloader_share"]["raw"])
     if r := results.get("preprocessing"):
-        add("preprocessing", "build() time first / cached rerun", r["speedup"], None, None)
-        add("preprocessing", "seconds the cache saves", r["saved_by_cache_seconds"], None, None)
-        add("preprocessing", "of which tokenising, seconds", r["tokenising_seconds"], None, None)
+        add("preprocessing", "build() time first / cached rerun", r["speedup"])
+        add("preprocessing", "seconds the cache saves", r["saved_by_cache_seconds"])
+        add("preprocessing", "of which tokenising, seconds", r["tokenising_seconds"])
     return rows
 
 

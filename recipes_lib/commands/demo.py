@@ -123,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
                     "output_dir": str(run_dir),
                 }
             )
-    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     rows = [("recipe", "model", "data", "metric", "before", "after", "train s", "samples/s", "output")]
     for s in summary:
