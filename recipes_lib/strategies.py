@@ -4,7 +4,7 @@
 `apply_strategy` turns a freshly built model into the model to train. `from_scratch` (random
 weights) is a model-loading choice and lives in each recipe's ModelArguments; the optimizer is
 TrainingArguments' own `optim`; early stopping is transformers' `EarlyStoppingCallback`, which
-each run.py passes to its Trainer when `early_stopping_patience` is set. `parameter_counts`
+`recipes_lib.training.add_run_guards` attaches when `early_stopping_patience` is set. `parameter_counts`
 feeds the `trainable_params` and `total_params` entries of every run's `all_results.json`.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
-from transformers import PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel
 
 from recipes_lib.errors import ConfigError
 
@@ -71,17 +71,14 @@ class StrategyArguments:
 def apply_strategy(
     model: PreTrainedModel,
     strategy: StrategyArguments,
-    training_args: TrainingArguments,
     task_type: str | None = None,
 ) -> nn.Module:
     """The model to train: `model` itself, with its backbone frozen, or wrapped in LoRA adapters.
 
     `task_type` is peft's name for the task ("SEQ_CLS", "CAUSAL_LM"; None for image
-    classification). With `early_stopping_patience`, turns on `load_best_model_at_end` (the
-    metric is `metric_for_best_model`, which the recipes' configs set to their main metric).
+    classification). Touches the model only: early stopping is attached with the Trainer's other
+    guards (`recipes_lib.training.add_run_guards`).
     """
-    if strategy.early_stopping_patience is not None:
-        _enable_best_model_at_end(training_args)
     if strategy.freeze_backbone:
         freeze_backbone(model)
     if strategy.use_lora:
@@ -91,25 +88,6 @@ def apply_strategy(
         "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
     )
     return model
-
-
-def _enable_best_model_at_end(args: TrainingArguments) -> None:
-    if args.eval_strategy == "no":
-        raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
-    if args.save_strategy != "best" and (
-        args.save_strategy != args.eval_strategy
-        or (args.eval_strategy == "steps" and args.save_steps % args.eval_steps != 0)
-    ):
-        raise ConfigError(
-            "early_stopping_patience keeps the best checkpoint, so save_strategy must equal eval_strategy "
-            f"(and save_steps be a multiple of eval_steps); got eval_strategy={args.eval_strategy.value}, "
-            f"save_strategy={args.save_strategy.value}"
-        )
-    args.load_best_model_at_end = True
-    if args.metric_for_best_model is None:
-        args.metric_for_best_model = "loss"
-    if args.greater_is_better is None:
-        args.greater_is_better = not args.metric_for_best_model.endswith("loss")
 
 
 def head_modules(model: PreTrainedModel) -> list[str]:

@@ -28,7 +28,7 @@ import torch
 import transformers
 import yaml
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
@@ -38,10 +38,10 @@ from transformers.trainer_utils import (
 )
 
 from recipes_lib.config import RunArguments, resolved_config
-from recipes_lib.errors import ModelError, OutputDirError, TrainingError
+from recipes_lib.errors import ConfigError, ModelError, OutputDirError, TrainingError
 from recipes_lib.metrics import without_timings
 from recipes_lib.reporting import RUN_INFO, plot_training_curves, run_info, write_model_card
-from recipes_lib.strategies import parameter_counts
+from recipes_lib.strategies import StrategyArguments, parameter_counts
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +197,64 @@ def last_complete_checkpoint(out: Path, move_incomplete: bool = True) -> str | N
         shutil.rmtree(target, ignore_errors=True)
         os.replace(last, target)
     return None
+
+
+# ---- What every recipe's Trainer gets: one call, `add_run_guards(trainer, strategy_args)`
+
+
+def add_run_guards(trainer: Trainer, strategy_args: StrategyArguments) -> PeakMemory:
+    """Attach to `trainer` what every recipe promises, and return the peak-memory meter.
+
+    - `NonFiniteLossGuard`: a NaN/inf loss or gradient stops the run (TrainingError, exit code 6)
+      before it reaches the weights, so every checkpoint on disk stays usable;
+    - `PeakMemory`: `peak_memory_mb` in all_results.json;
+    - `count_flops_once`: Trainer's FLOPs count without a walk over the model after every step;
+    - with `early_stopping_patience`: transformers' `EarlyStoppingCallback` on
+      `metric_for_best_model`, and `load_best_model_at_end`, so the run ends on its best checkpoint
+      (checked here: it needs evaluations, and a checkpoint at each of them).
+
+    Call it once, after building the Trainer and before training; `tests/test_guards.py` fails
+    for a recipe whose Trainer lacks it.
+    """
+    if strategy_args.early_stopping_patience is not None:
+        enable_best_model_at_end(trainer.args)
+        trainer.add_callback(
+            EarlyStoppingCallback(
+                strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
+            )
+        )
+    peak_memory = PeakMemory()
+    trainer.add_callback(peak_memory)
+    trainer.add_callback(NonFiniteLossGuard(trainer))
+    count_flops_once(trainer)
+    return peak_memory
+
+
+def has_run_guards(trainer: Trainer) -> bool:
+    """Whether `add_run_guards` was called on `trainer` (the guard and the meter are attached)."""
+    kinds = {type(cb) for cb in trainer.callback_handler.callbacks}
+    return {NonFiniteLossGuard, PeakMemory} <= kinds and "floating_point_ops" in vars(trainer)
+
+
+def enable_best_model_at_end(args: TrainingArguments) -> None:
+    """Early stopping ends on the best checkpoint: turn on `load_best_model_at_end` (metric:
+    `metric_for_best_model`, loss when unset), refusing settings that leave no checkpoint to pick."""
+    if args.eval_strategy == "no":
+        raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
+    if args.save_strategy != "best" and (
+        args.save_strategy != args.eval_strategy
+        or (args.eval_strategy == "steps" and args.save_steps % args.eval_steps != 0)
+    ):
+        raise ConfigError(
+            "early_stopping_patience keeps the best checkpoint, so save_strategy must equal eval_strategy "
+            f"(and save_steps be a multiple of eval_steps); got eval_strategy={args.eval_strategy.value}, "
+            f"save_strategy={args.save_strategy.value}"
+        )
+    args.load_best_model_at_end = True
+    if args.metric_for_best_model is None:
+        args.metric_for_best_model = "loss"
+    if args.greater_is_better is None:
+        args.greater_is_better = not args.metric_for_best_model.endswith("loss")
 
 
 # ---- Callbacks a recipe passes to Trainer(callbacks=[...])

@@ -23,7 +23,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    EarlyStoppingCallback,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -45,9 +44,8 @@ from recipes_lib.reporting import write_confusion_matrix
 from recipes_lib.sampling import LengthBucketTrainer
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
-    NonFiniteLossGuard,
     PeakMemory,
-    count_flops_once,
+    add_run_guards,
     finish_run,
     metrics_before_training,
     predict,
@@ -215,7 +213,7 @@ def build(argv: list[str] | None = None) -> Setup:
             trust_remote_code=model_args.trust_remote_code,
         )
     # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone).
-    model = apply_strategy(model, strategy_args, training_args, task_type="SEQ_CLS")
+    model = apply_strategy(model, strategy_args, task_type="SEQ_CLS")
 
     # ---- Metrics: computed locally (sklearn/scipy), so they work offline.
     if is_regression:
@@ -223,19 +221,10 @@ def build(argv: list[str] | None = None) -> Setup:
     else:
         compute_metrics = classification_metrics(len(label_names), model_args.metrics)
 
-    # ---- Trainer: dynamic padding (multiples of 8 let fp16/bf16 use tensor cores) and callbacks:
-    # stop on a NaN/inf loss before it reaches the weights, measure peak memory, stop early.
+    # ---- Trainer: dynamic padding (multiples of 8 let fp16/bf16 use tensor cores).
     collator = DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if (training_args.fp16 or training_args.bf16) else None
     )
-    peak_memory = PeakMemory()
-    callbacks = [peak_memory]
-    if strategy_args.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStoppingCallback(
-                strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
-            )
-        )
     # group_by_length batches come from recipes_lib.sampling.LengthBucketSampler: similar lengths,
     # each with the data's class mix, in random order (transformers' own sampler leans batches
     # towards a class where length goes with it, and serves them longest first: BENCHMARKS.md).
@@ -247,11 +236,10 @@ def build(argv: list[str] | None = None) -> Setup:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
-        callbacks=callbacks,
     )
-    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
-    trainer.add_callback(NonFiniteLossGuard(trainer))
-    count_flops_once(trainer)  # not a walk over every module after every step
+    # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
+    # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
+    peak_memory = add_run_guards(trainer, strategy_args)
     return Setup(
         trainer=trainer,
         training_args=training_args,

@@ -38,7 +38,6 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
-    EarlyStoppingCallback,
     EvalPrediction,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -55,10 +54,9 @@ from recipes_lib.metrics import classification_metrics
 from recipes_lib.sampling import LengthBucketTrainer
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
-    NonFiniteLossGuard,
     PeakMemory,
+    add_run_guards,
     atomic_write,
-    count_flops_once,
     finish_run,
     metrics_before_training,
     predict,
@@ -579,7 +577,7 @@ def build(argv: list[str] | None = None) -> Setup:
     if model_args.padding_free:
         check_packed_examples_stay_apart(model, training_args.use_cache)
     # Full fine-tuning, LoRA adapters (use_lora) or the output layer only (freeze_backbone).
-    model = apply_strategy(model, strategy_args, training_args, task_type="CAUSAL_LM")
+    model = apply_strategy(model, strategy_args, task_type="CAUSAL_LM")
 
     # ---- Batches: text blocks are all block_size long, so they are stacked. SFT examples are
     # padded per batch (labels with IGNORE_INDEX), or flattened into one row (padding_free).
@@ -598,15 +596,6 @@ def build(argv: list[str] | None = None) -> Setup:
     # ---- Trainer. group_by_length batches come from recipes_lib.sampling.LengthBucketSampler:
     # similar lengths, served in random order (transformers' own sampler serves each group of
     # batches longest first, which leans runs of steps towards a class where length goes with it).
-    # Callbacks: stop on a NaN/inf loss before it reaches the weights, peak memory, early stopping.
-    peak_memory = PeakMemory()
-    callbacks = [peak_memory]
-    if strategy_args.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStoppingCallback(
-                strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
-            )
-        )
     trainer = LengthBucketTrainer(
         model=model,
         args=training_args,
@@ -614,11 +603,10 @@ def build(argv: list[str] | None = None) -> Setup:
         eval_dataset=examples["validation"],
         processing_class=tokenizer,
         data_collator=collator,
-        callbacks=callbacks,
     )
-    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
-    trainer.add_callback(NonFiniteLossGuard(trainer))
-    count_flops_once(trainer)  # not a walk over every module after every step
+    # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
+    # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
+    peak_memory = add_run_guards(trainer, strategy_args)
     return Setup(
         trainer=trainer,
         training_args=training_args,

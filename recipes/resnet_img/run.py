@@ -35,7 +35,6 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForImageClassification,
-    EarlyStoppingCallback,
     Trainer,
     TrainingArguments,
     set_seed,
@@ -60,9 +59,8 @@ from recipes_lib.reporting import write_confusion_matrix
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.techniques import OptimizerWithoutNormDecay, WeightEMA, soft_target_loss, step_decay
 from recipes_lib.training import (
-    NonFiniteLossGuard,
     PeakMemory,
-    count_flops_once,
+    add_run_guards,
     finish_run,
     metrics_before_training,
     predict,
@@ -416,7 +414,7 @@ def build(argv: list[str] | None = None) -> Setup:
             ignore_mismatched_sizes=True,  # the ImageNet head (1000 classes) is replaced by a fresh one
         )
     # Full fine-tuning, LoRA adapters (use_lora) or the head only (freeze_backbone).
-    model = apply_strategy(model, strategy_args, training_args)
+    model = apply_strategy(model, strategy_args)
     # NHWC convolutions: tensor cores run them without transposes. By default on a GPU only.
     channels_last = model_args.channels_last
     if channels_last is None:
@@ -442,20 +440,12 @@ def build(argv: list[str] | None = None) -> Setup:
     if model_args.no_decay_on_norm:
         optimizer_factory = (partial(OptimizerWithoutNormDecay, training_args), {})
 
-    # Callbacks: stop on a NaN/inf loss before it reaches the weights, measure peak memory, keep the
-    # weight average (ema_decay), stop early.
-    peak_memory = PeakMemory()
-    callbacks = [peak_memory]
+    # Callbacks: keep the weight average (ema_decay).
+    callbacks = []
     ema = None
     if model_args.ema_decay is not None:
         ema = WeightEMA(model_args.ema_decay, resume_from=last_checkpoint)
         callbacks.append(ema)
-    if strategy_args.early_stopping_patience is not None:
-        callbacks.append(
-            EarlyStoppingCallback(
-                strategy_args.early_stopping_patience, strategy_args.early_stopping_threshold
-            )
-        )
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -468,9 +458,9 @@ def build(argv: list[str] | None = None) -> Setup:
         optimizer_cls_and_kwargs=optimizer_factory,
         callbacks=callbacks,
     )
-    # Stop before a NaN/inf update reaches the weights (reads the gradient norm Trainer computes).
-    trainer.add_callback(NonFiniteLossGuard(trainer))
-    count_flops_once(trainer)  # not a walk over every module after every step
+    # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
+    # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
+    peak_memory = add_run_guards(trainer, strategy_args)
     # Step decay (the ResNet paper, torchvision's V1 recipe) instead of lr_scheduler_type.
     if model_args.lr_step_epochs is not None:
         trainer.lr_scheduler = step_decay(trainer, model_args.lr_step_epochs)
