@@ -13,6 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -53,8 +54,11 @@ class TrainingError(RecipeError):
 
 
 @contextlib.contextmanager
-def loading_model(name_or_path: str) -> Iterator[None]:
-    """Turn from_pretrained's OSError for a missing folder or Hub id into one ModelError line."""
+def loading_model(name_or_path: str, allow_pickle: bool = False) -> Iterator[None]:
+    """Around a recipe's from_pretrained calls: refuse a local folder of pickle-only weights
+    (unless `allow_pickle`, the `allow_pickle_checkpoints` key), and turn from_pretrained's OSError
+    for a missing folder or Hub id into one ModelError line."""
+    refuse_pickle_only_model(name_or_path, allow_pickle)
     try:
         yield
     except OSError as err:
@@ -68,6 +72,21 @@ def loading_model(name_or_path: str) -> Iterator[None]:
             f"cannot load model {name_or_path!r}: not a local folder with a model, and not available from "
             f"the Hub{hint}; check model_name_or_path"
         ) from err
+
+
+def refuse_pickle_only_model(name_or_path: str, allow_pickle: bool) -> None:
+    """A local model folder with pickle weights and no safetensors is refused unless allowed:
+    unpickling can run arbitrary code. (Hub ids: transformers picks safetensors when the repo
+    has them.)"""
+    folder = Path(name_or_path).expanduser()
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
+    if pickles:
+        raise ModelError(
+            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+            "loaded; convert them to safetensors, or pass --allow_pickle_checkpoints true if you trust them"
+        )
 
 
 def is_bare_debug(argv: Sequence[str], i: int) -> bool:

@@ -38,7 +38,7 @@ from transformers.trainer_utils import (
 )
 
 from recipes_lib.config import RunArguments, resolved_config
-from recipes_lib.errors import ConfigError, ModelError, OutputDirError, TrainingError
+from recipes_lib.errors import ConfigError, OutputDirError, TrainingError
 from recipes_lib.metrics import without_timings
 from recipes_lib.reporting import RUN_INFO, plot_training_curves, run_info, write_model_card
 from recipes_lib.strategies import StrategyArguments, parameter_counts
@@ -73,9 +73,6 @@ def prepare_output_dir(training_args: TrainingArguments, run_args: RunArguments,
     incomplete checkpoints aside); the others look after it, so every rank resumes from the same
     checkpoint, or every rank stops with the same error.
     """
-    for args in parsed:
-        if hasattr(args, "model_name_or_path"):
-            refuse_pickle_only_model(args.model_name_or_path, run_args.allow_pickle_checkpoints)
     with training_args.main_process_first(desc="checking output_dir", local=False):
         return _prepare_output_dir(training_args, run_args, resolved_config(*parsed))
 
@@ -158,21 +155,6 @@ def _global_batch(config: dict[str, Any], world_size: int) -> int:
     per_device = config.get("per_device_train_batch_size", defaults["per_device_train_batch_size"])
     accumulation = config.get("gradient_accumulation_steps", defaults["gradient_accumulation_steps"])
     return per_device * world_size * accumulation
-
-
-def refuse_pickle_only_model(name_or_path: str, allow_pickle: bool) -> None:
-    """A local model folder with pickle weights and no safetensors is refused unless allowed:
-    unpickling can run arbitrary code. (Hub ids: transformers picks safetensors when the repo
-    has them.)"""
-    folder = Path(name_or_path)
-    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(pattern))
-    if pickles:
-        raise ModelError(
-            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}), which can run code when "
-            "loaded; convert them to safetensors, or pass --allow_pickle_checkpoints true if you trust them"
-        )
 
 
 def _is_complete(checkpoint: Path) -> bool:

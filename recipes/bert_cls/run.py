@@ -156,7 +156,8 @@ def build(argv: list[str] | None = None) -> Setup:
 
     # ---- Tokenise: truncate only; padding happens per batch in the collator.
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
-    with loading_model(tokenizer_name):  # a missing folder or Hub id: one clear error line
+    # A missing folder or Hub id, or pickle-only weights: one clear error line.
+    with loading_model(tokenizer_name, run_args.allow_pickle_checkpoints):
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_name, trust_remote_code=model_args.trust_remote_code
         )

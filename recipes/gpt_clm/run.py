@@ -465,7 +465,8 @@ def build(argv: list[str] | None = None) -> Setup:
     name = model_args.model_name_or_path
     gguf = model_args.gguf_file
     remote = model_args.trust_remote_code
-    with loading_model(name):  # a missing folder or Hub id: one clear error line
+    # A missing folder or Hub id, or pickle-only weights: one clear error line.
+    with loading_model(name, run_args.allow_pickle_checkpoints):
         tokenizer = AutoTokenizer.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
         config = AutoConfig.from_pretrained(name, gguf_file=gguf, trust_remote_code=remote)
     if tokenizer.pad_token is None:

@@ -337,7 +337,8 @@ def build(argv: list[str] | None = None) -> Setup:
 
     # ---- Preprocess lazily (with_transform): the checkpoint's size, mean and std; random crops
     # and flips for training, resize + center crop for evaluation as the image processor does.
-    with loading_model(model_args.model_name_or_path):  # a missing folder or Hub id: one clear error line
+    # A missing folder or Hub id, or pickle-only weights: one clear error line.
+    with loading_model(model_args.model_name_or_path, run_args.allow_pickle_checkpoints):
         image_processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
     if model_args.eval_resize_size or model_args.eval_crop_size:  # saved with the model: pipeline() agrees
         set_eval_size(image_processor, model_args.eval_resize_size, model_args.eval_crop_size)
