@@ -136,8 +136,8 @@ def write_model_card(
 ) -> None:
     """Trainer's model card (README.md) plus the final metrics and the resolved configuration."""
     out = Path(trainer.args.output_dir)
-    try:
-        trainer.create_model_card(**card)
+    try:  # transformers' own card, also for TRL's trainers (whose override takes other arguments)
+        Trainer.create_model_card(trainer, **card)
     except Exception as err:  # the card is a nicety; offline Hub lookups must not fail the run
         logger.warning("model card not written: %s", err)
         return
