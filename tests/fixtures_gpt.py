@@ -112,16 +112,19 @@ def build_tiny_gpt2(out: Path, n_positions: int = 64, seed: int = 0, chat: bool 
 
 
 @contextlib.contextmanager
-def recorded_training_batches(gpt_clm: ModuleType) -> Iterator[list[dict]]:
-    """Every batch the recipe's model is trained on, as it reaches the model (after the collator)."""
+def recorded_training_batches(
+    gpt_clm: ModuleType, trainer_class: str = "LengthBucketTrainer"
+) -> Iterator[list[dict]]:
+    """Every batch the recipe's model is trained on, as it reaches the model (after the collator):
+    the recipe module's `trainer_class` (its name there, e.g. "Trainer") records them meanwhile."""
     batches = []
 
-    class RecordingTrainer(gpt_clm.LengthBucketTrainer):
+    class RecordingTrainer(getattr(gpt_clm, trainer_class)):
         def compute_loss(self, model, inputs, *args, **kwargs):
             if model.training:
                 batches.append({k: v.detach().clone() for k, v in inputs.items()})
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gpt_clm, "LengthBucketTrainer", RecordingTrainer)
+        patch.setattr(gpt_clm, trainer_class, RecordingTrainer)
         yield batches

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import build_tiny_gpt2, pattern_lines, recorded_training_batches, write_lines
+from fixtures_gpt import (
+    build_tiny_gpt2,
+    color_questions,
+    pattern_lines,
+    recorded_training_batches,
+    write_jsonl,
+    write_lines,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recipes_lib.commands import assets
@@ -56,8 +63,12 @@ def tiny_run(tiny_gpt2, pattern_txt, tmp_path_factory):
         "--sample_max_new_tokens",
         "12",
         *TINY,
+        # 8 blocks a step: 56 steps, so the greedy sample completes the template whatever the
+        # batch order (at 16 blocks a step, seed 42 ends in "on the the the ...").
+        "--per_device_train_batch_size",
+        "8",
     ]
-    with recorded_training_batches(gpt_clm) as batches:
+    with recorded_training_batches(gpt_clm, "Trainer") as batches:
         metrics = gpt_clm.main(argv)
     return out, metrics, batches
 
@@ -125,7 +136,7 @@ def test_lora_merged_into_weights_loads_without_peft(tiny_gpt2, tmp_path, caplog
     argv = ["--model_name_or_path", str(tiny_gpt2), "--train_file", str(train), "--text_column", "body",
             "--block_size", "1000", "--use_lora", "true", "--lora_r", "16", "--merge_lora", "true",
             "--output_dir", str(out), *TINY, "--learning_rate", "1e-2"]  # fmt: skip
-    with caplog.at_level(logging.WARNING), recorded_training_batches(gpt_clm) as batches:
+    with caplog.at_level(logging.WARNING), recorded_training_batches(gpt_clm, "Trainer") as batches:
         metrics = gpt_clm.main(argv)
     assert "block_size 1000 > the model's 64 positions" in caplog.text
     assert {b["input_ids"].shape[1] for b in batches} == {64}  # clamped to the model's positions
@@ -145,6 +156,36 @@ def test_missing_text_column_is_named(tiny_gpt2, tmp_path):
     with pytest.raises(DataError, match="text_column 'text' not found.*body"):
         gpt_clm.main(["--model_name_or_path", str(tiny_gpt2), "--train_file", str(train),
                       "--output_dir", str(tmp_path / "o"), *TINY])  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", ["prompt/completion", "chat"])
+def test_prompt_completion_and_chat_data_are_sent_to_the_sft_recipe(shape, tiny_gpt2, tmp_path):
+    rows = color_questions(40, seed=3)
+    if shape == "chat":
+        rows = [
+            {
+                "messages": [
+                    {"role": "user", "content": r["prompt"]},
+                    {"role": "assistant", "content": r["completion"]},
+                ]
+            }
+            for r in rows
+        ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    argv = [
+        "--model_name_or_path",
+        str(tiny_gpt2),
+        "--train_file",
+        str(train),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(DataError) as error:
+        gpt_clm.main([*argv, *TINY])
+    message = str(error.value)
+    assert "\n" not in message and f"{shape} data" in message
+    assert "gpt_clm trains on plain text" in message and "recipes/sft" in message
+    assert not (tmp_path / "o" / "all_results.json").exists()  # nothing trained on the wrong data
 
 
 def test_bad_block_size_is_a_config_error_naming_it(tiny_gpt2, pattern_txt, tmp_path):
