@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, load_recipe
-from transformers import TrainingArguments
+from conftest import REPO, argument_types, load_recipe
 
 from recipes_lib.commands import build_parser, main
 from recipes_lib.commands.locate import RECIPES_DIR, find_recipe
 from recipes_lib.commands.report import report_row
-from recipes_lib.config import RunArguments, parse_config
+from recipes_lib.config import parse_config
 from recipes_lib.errors import RecipeError
-from recipes_lib.strategies import StrategyArguments
 
 RECIPES = sorted(p.parent.name for p in REPO.glob("recipes/*/run.py"))
 TINY_BERT_ARGS = (
@@ -215,11 +213,8 @@ def test_readme_command_parses(readme, command, tmp_path):
     argv = words[words.index(run_py) + 1 :]
     if "--help" in argv:
         return
-    recipe = load_recipe(recipe_dir.name)
     parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
-        argv,
-        default_config=recipe_dir / "config.yaml",
+        argument_types(load_recipe(recipe_dir.name)), argv, default_config=recipe_dir / "config.yaml"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, load_recipe
+from conftest import REPO, argument_types, load_recipe
 from transformers import TrainingArguments
 
 from recipes_lib.commands.study import strategy_argv
@@ -86,10 +86,10 @@ def test_resolved_config_parses_back_to_the_same_arguments(tmp_path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_parses(path):
     recipe = load_recipe(path.relative_to(REPO).parts[1])
-    model_args, data_args, strategy_args, run_args, training_args = parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
-        ["--config", str(path)],
-    )
+    types = argument_types(recipe)
+    parsed = parse_config(types, ["--config", str(path)])
+    model_args, training_args = parsed[0], parsed[-1]
+    run_args = next(args for args in parsed if isinstance(args, RunArguments))
     assert training_args.output_dir and model_args.model_name_or_path
     if run_args.expected is not None:  # baseline configs say what they should reach and where from
         assert {"metric", "value", "tolerance", "source"} <= set(run_args.expected)
@@ -100,10 +100,7 @@ def test_every_shipped_config_parses(path):
         spec = parse_sweep(raw["sweep"])
         assert spec.trials >= 1 and spec.space
     for strategy, overrides in (raw.get("study") or {}).items():  # each strategy's keys parse too
-        parsed = parse_config(
-            (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
-            ["--config", str(path), *strategy_argv(strategy, raw)],
-        )
+        parsed = parse_config(types, ["--config", str(path), *strategy_argv(strategy, raw)])
         assert all(getattr(parsed[-1], k) == v for k, v in overrides.items() if hasattr(parsed[-1], k))
 
 
