@@ -1,6 +1,6 @@
-"""gpt_clm on prompt/completion and chat data (supervised fine-tuning): formatting, loss on the
-answers only, batches without padding waste, generated answers scored before and after training,
-and the real SmolLM2-135M-Instruct learning a labelled task with LoRA."""
+"""recipes/sft on TRL's SFTTrainer: prompt/completion and chat data, the loss on the answers only
+(under three chat-template families), generated answers scored before and after training, errors,
+several processes, and the real SmolLM2-135M-Instruct learning a labelled task with LoRA."""
 
 from __future__ import annotations
 
@@ -15,25 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import (
-    COLOR_OF,
-    build_tiny_gpt2,
-    color_questions,
-    pattern_lines,
-    recorded_training_batches,
-    write_jsonl,
-    write_lines,
-)
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, write_jsonl
 from sklearn.metrics import f1_score
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, pipeline
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
 
 from recipes_lib.commands import assets
 from recipes_lib.errors import ConfigError, DataError
+from recipes_lib.generation import answer_metrics, end_of_turn_ids
 
-gpt_clm = load_recipe("gpt_clm")
-RUN_PY = str(REPO / "recipes" / "gpt_clm" / "run.py")
+sft = load_recipe("sft")
+RUN_PY = str(REPO / "recipes" / "sft" / "run.py")
 IGNORE = -100
 
 
@@ -54,14 +47,24 @@ QUIET = {
     "report_to": "none",
     "disable_tqdm": True,
 }
-# The tiny models learn from random init: a large learning rate, several epochs (seconds each).
-TINY = flags(
-    learning_rate=5e-3,
-    per_device_train_batch_size=16,
-    per_device_eval_batch_size=32,
-    num_train_epochs=4,
-    **QUIET,
-)
+
+
+def tiny_config(tmp_path: Path, **keys: object) -> list[str]:
+    """A user's own minimal config in their own folder (not the recipe's shipped config.yaml): the
+    tiny models learn from random init, so a large learning rate and a few epochs, full fine-tuning."""
+    values = {
+        "learning_rate": 5e-3,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "num_train_epochs": 4,
+        **QUIET,
+        **keys,
+    }
+    path = tmp_path / "my_config.yaml"
+    path.write_text(
+        "".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in values.items())
+    )
+    return ["--config", str(path)]
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,6 @@ def chat_gpt2(tmp_path_factory):
 def plain_gpt2(tmp_path_factory):
     """The tiny GPT-2 without a chat template: examples are prompt + completion + eos."""
     return build_tiny_gpt2(tmp_path_factory.mktemp("plain_gpt2"), n_positions=64)
-
-
-LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # Llama's
 
 
 @pytest.fixture(scope="module")
@@ -113,96 +113,154 @@ def conversations(n: int, seed: int) -> list[dict]:
     ]
 
 
-# ---- Formatting and masking
+def trained_spans(labels: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive positions whose label is not IGNORE."""
+    spans: list[list[int]] = []
+    for i, label in enumerate(labels):
+        if label == IGNORE:
+            continue
+        if spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return [tuple(s) for s in spans]
+
+
+# ---- Three chat-template families: every assistant turn, with the token that ends it, is trained
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] not in ['user', 'assistant'] %}"
+    "{{ raise_exception('Conversation roles must be user or assistant') }}{% endif %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] | trim }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+TEMPLATE_FAMILIES = {
+    # name: (template, bos, eos, the token that ends an assistant turn, the text that follows it)
+    "llama3": (LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", ""),
+    "gemma": (GEMMA_TEMPLATE, "<bos>", "<eos>", "<end_of_turn>", "\n"),
+}
+
+
+def family_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A tiny BPE tokenizer with one family's special tokens and (simplified) chat template."""
+    template, bos, eos, end, _ = TEMPLATE_FAMILIES[name]
+    specials = [bos, eos, end, *(["<|start_header_id|>", "<|end_header_id|>"] if name == "llama3" else [])]
+    specials += ["<start_of_turn>"] if name == "gemma" else []
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([f"{r['prompt']} {r['completion']}" for r in color_questions(200, 5)], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[2:]})
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", ["smollm2", "llama3", "gemma", "chat_gpt2"])
+def test_chat_masks_cover_every_assistant_turn_with_its_end_of_turn_token(family, request):
+    if family in TEMPLATE_FAMILIES:
+        tokenizer = family_tokenizer(family)
+        _, _, _, end, after = TEMPLATE_FAMILIES[family]
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(family))
+        end, after = ("<|im_end|>", "\n") if family == "smollm2" else ("<|end|>", "")
+    (row,) = conversations(1, seed=4)
+    example = sft.to_conversation(row, "chat", sft.ChatDataArguments())
+    masked = sft.with_assistant_masks(example, tokenizer)
+    ids, mask = masked["input_ids"], masked["assistant_masks"]
+    spans = trained_spans([i if m else IGNORE for i, m in zip(ids, mask, strict=True)])
+    answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+    # Each answer, then the token that closes its turn (and what the template puts after it), so
+    # the model learns to stop; nothing of the prompts or the role headers.
+    assert [tokenizer.decode(ids[a:b]) for a, b in spans] == [f"{a}{end}{after}" for a in answers]
+    assert tokenizer.convert_tokens_to_ids(end) in end_of_turn_ids(tokenizer)
+    # The last answer is generated from the conversation before it, as the model will be asked.
+    before = tokenizer.apply_chat_template(row["messages"][:3], add_generation_prompt=True, return_dict=False)
+    assert spans[-1][0] == len(before) and ids[: len(before)] == before
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_by_name():
+    tokenizer = family_tokenizer("llama3")
+    # Drops the earlier turns' content once an assistant turn follows (like templates that strip
+    # reasoning from history): the answers' tokens cannot be located, so no silent mis-masking.
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>"
+        "{% if loop.last or m['role'] == 'user' %}{{ m['content'] }}{% endif %}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>{% endif %}"
+    )
+    example = sft.to_conversation(conversations(1, seed=5)[0], "chat", sft.ChatDataArguments())
+    with pytest.raises(DataError, match="rewrites earlier turns"):
+        sft.with_assistant_masks(example, tokenizer)
+
+
+# ---- What SFTTrainer trains on, through the recipe's build()
 
 
 @pytest.mark.parametrize("model", ["chat_gpt2", "smollm2"])
-def test_completion_only_labels_mask_exactly_the_prompt_tokens(model, request):
-    tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(model))
+def test_prompt_completion_labels_are_exactly_the_answer_and_its_end_of_turn(model, request, tmp_path):
+    path = request.getfixturevalue(model)
+    rows = color_questions(24, seed=3)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    argv = tiny_config(tmp_path, model_name_or_path=path, train_file=train, output_dir=tmp_path / "o")
+    setup = sft.build([*argv, "--system_prompt", "Answer with one word."])
+    tokenizer = setup.trainer.processing_class
     end_of_turn = "<|end|>" if model == "chat_gpt2" else "<|im_end|>\n"
-    args = gpt_clm.ModelArguments(system_prompt="Answer with one word.")
-    for row in color_questions(20, seed=3):
-        messages = gpt_clm.example_messages(row, "prompt_completion", args)
-        features = gpt_clm.sft_features(messages, tokenizer, True, True, max_length=1024)
-        prompt = [
+    by_prompt = {r["prompt"]: r["completion"] for r in rows}
+    for example in setup.trainer.train_dataset:
+        ids, labels = example["input_ids"], example["labels"]
+        ((start, stop),) = trained_spans(labels)
+        assert stop == len(ids) and labels[start:] == ids[start:]
+        prompt = tokenizer.decode(ids[:start])
+        question = next(p for p in by_prompt if p in prompt)
+        asked = [
             {"role": "system", "content": "Answer with one word."},
-            {"role": "user", "content": row["prompt"]},
+            {"role": "user", "content": question},
         ]
-        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
-        ids, labels = features["input_ids"], features["labels"]
-        assert [i for i, label in enumerate(labels) if label == IGNORE] == list(range(len(prompt_ids)))
-        assert ids[: len(prompt_ids)] == prompt_ids
-        assert labels[len(prompt_ids) :] == ids[len(prompt_ids) :]
-        # The answer ends with the template's end-of-turn token, so generation learns to stop.
-        assert tokenizer.decode(ids[len(prompt_ids) :]) == row["completion"] + end_of_turn
-        assert features["answer_start"] == len(prompt_ids) and features["reference"] == row["completion"]
+        assert ids[:start] == tokenizer.apply_chat_template(
+            asked, add_generation_prompt=True, return_dict=False
+        )
+        assert tokenizer.decode(ids[start:]) == by_prompt[question] + end_of_turn
 
 
-def test_chat_labels_cover_every_assistant_turn_and_nothing_else(chat_gpt2):
-    tokenizer = AutoTokenizer.from_pretrained(chat_gpt2)
-    (row,) = conversations(1, seed=4)
-    messages = gpt_clm.example_messages(row, "chat", gpt_clm.ModelArguments())
-    features = gpt_clm.sft_features(messages, tokenizer, True, True, max_length=1024)
-    ids, labels = features["input_ids"], features["labels"]
-    trained = [i for i, label in enumerate(labels) if label != IGNORE]
-    spans, start = [], None  # runs of consecutive trained positions
-    for i in trained:
-        if start is None or i != spans[-1][1]:
-            spans.append([i, i + 1])
-        else:
-            spans[-1][1] = i + 1
-        start = i
-    answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
-    assert [tokenizer.decode(ids[a:b]) for a, b in spans] == [f"{a}<|end|>" for a in answers]
-    assert all(labels[i] == ids[i] for i in trained)
-    # The last answer is generated from the conversation before it, as the model will be asked.
-    before = tokenizer.apply_chat_template(row["messages"][:3], add_generation_prompt=True, return_dict=False)
-    assert features["answer_start"] == len(before) == spans[-1][0]
-    # Without completion_only_loss every token is a label.
-    everything = gpt_clm.sft_features(messages, tokenizer, True, False, max_length=1024)
-    assert everything["labels"] == everything["input_ids"] == ids
-
-
-def test_without_a_chat_template_examples_are_prompt_completion_and_eos(plain_gpt2):
-    tokenizer = AutoTokenizer.from_pretrained(plain_gpt2)
+def test_without_a_chat_template_examples_are_prompt_completion_and_eos(plain_gpt2, tmp_path):
+    rows = [{"prompt": "what color is the cat in the river?", "completion": "red"}] * 4
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    argv = tiny_config(tmp_path, model_name_or_path=plain_gpt2, train_file=train, output_dir=tmp_path / "o")
+    setup = sft.build(argv)
+    tokenizer = setup.trainer.processing_class
     assert tokenizer.chat_template is None
-    row = {"prompt": "what color is the cat in the river? ", "completion": "red"}
-    messages = gpt_clm.example_messages(row, "prompt_completion", gpt_clm.ModelArguments())
-    features = gpt_clm.sft_features(messages, tokenizer, False, True, max_length=1024)
-    prompt_ids = tokenizer(row["prompt"])["input_ids"]
-    answer_ids = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-    assert features["input_ids"] == prompt_ids + answer_ids + [tokenizer.eos_token_id]
-    assert features["labels"] == [IGNORE] * len(prompt_ids) + answer_ids + [tokenizer.eos_token_id]
-    # Cut at max_length: the answer's first token still fits, so the example still trains.
-    cut = gpt_clm.sft_features(messages, tokenizer, False, True, max_length=len(prompt_ids) + 1)
-    assert cut["labels"] == [IGNORE] * len(prompt_ids) + answer_ids[:1]
-
-
-def test_data_shape_is_detected_from_the_columns_or_set():
-    args = gpt_clm.ModelArguments()
-    assert gpt_clm.detect_data_format(["text"], args) == "text"
-    assert gpt_clm.detect_data_format(["prompt", "completion", "text"], args) == "prompt_completion"
-    assert gpt_clm.detect_data_format(["messages", "prompt", "completion"], args) == "chat"
-    templated = gpt_clm.ModelArguments(prompt_template="Is {text} good?", completion_column="label")
-    assert gpt_clm.detect_data_format(["text", "label"], templated) == "prompt_completion"
-    forced = gpt_clm.ModelArguments(data_format="text")
-    assert gpt_clm.detect_data_format(["prompt", "completion", "text"], forced) == "text"
+    example = setup.trainer.train_dataset[0]
+    prompt_ids = tokenizer("what color is the cat in the river?\n")["input_ids"]
+    answer_ids = tokenizer("red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert example["input_ids"] == prompt_ids + answer_ids
+    assert example["labels"] == [IGNORE] * len(prompt_ids) + answer_ids
+    assert setup.answers["validation"]["prompt_ids"][0] == prompt_ids  # asked as it was trained
 
 
 def test_answer_metrics_score_labels_like_bert_cls_and_count_other_answers_wrong():
     labels = ["negative", "neutral", "positive"]
     references = ["negative", "neutral", "positive", "positive", "negative", "neutral"]
     answers = [" Negative", "neutral\n", "The tweet is positive.", "positive", "neutral", "maybe"]
-    metrics = gpt_clm.answer_metrics(answers, references, labels, "eval")
+    metrics = answer_metrics(answers, references, labels, "eval")
     assert metrics["eval_exact_match"] == pytest.approx(3 / 6)  # whitespace and case do not count
     assert metrics["eval_accuracy"] == pytest.approx(3 / 6)
     # An answer outside the labels is scored as the label after the reference: a wrong label.
     refs, preds = [0, 1, 2, 2, 0, 1], [0, 1, 0, 2, 1, 2]
     assert metrics["eval_f1"] == pytest.approx(f1_score(refs, preds, average="macro"))
-    binary = gpt_clm.answer_metrics(["yes", "no", "dunno"], ["yes", "yes", "no"], ["no", "yes"], "test")
+    binary = answer_metrics(["yes", "no", "dunno"], ["yes", "yes", "no"], ["no", "yes"], "test")
     assert binary["test_accuracy"] == pytest.approx(1 / 3)
     assert binary["test_f1"] == pytest.approx(f1_score([1, 1, 0], [1, 0, 1]))  # "yes" is the positive label
-    assert gpt_clm.answer_metrics(["a b"], ["A B "], [], "eval") == {"eval_exact_match": 1.0}
+    assert answer_metrics(["a b"], ["A B "], [], "eval") == {"eval_exact_match": 1.0}
 
 
 # ---- Each data shape trains; generated answers are scored before and after
@@ -212,24 +270,25 @@ def test_labelled_csv_as_prompt_completion_learns_to_answer(chat_gpt2, tmp_path)
     """Classification as SFT: a question built from the CSV's columns, the label as the answer."""
     train = write_color_csv(tmp_path / "train.csv", 480, seed=11)
     dev = write_color_csv(tmp_path / "dev.csv", 64, seed=12)
+    test = write_color_csv(tmp_path / "test.csv", 40, seed=13)
     out = tmp_path / "out"
-    argv = TINY + flags(
+    argv = tiny_config(
+        tmp_path,
         model_name_or_path=chat_gpt2,
         train_file=train,
         validation_file=dev,
+        test_file=test,
         prompt_template="what color is the {animal} in the {place}?",
         completion_column="color",
-        sample_prompts="what color is the goat in the river?",
         output_dir=out,
     )
-    with recorded_training_batches(gpt_clm) as batches:
-        metrics = gpt_clm.main(argv)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    metrics = sft.main(argv)
 
     # Generated answers: nothing right before training, nearly all after; six labels, so accuracy and F1.
     assert metrics["eval_accuracy_before"] <= 0.2 and metrics["eval_exact_match_before"] <= 0.2
     assert metrics["eval_accuracy"] >= 0.9 and metrics["eval_f1"] >= 0.8, metrics
-    assert metrics["perplexity"] < metrics["perplexity_before"] / 10  # the loss on the answers only
+    assert metrics["eval_loss"] < metrics["eval_loss_before"] / 10  # the loss on the answers only
+    assert metrics["test_accuracy"] >= 0.9 and metrics["test_samples"] == 40
     rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     with open(dev) as f:
         expected = list(csv.DictReader(f))
@@ -239,24 +298,15 @@ def test_labelled_csv_as_prompt_completion_learns_to_answer(chat_gpt2, tmp_path)
     assert [r["reference"] for r in rows] == [e["color"] for e in expected]
     assert np.mean([r["correct"] for r in rows]) == pytest.approx(metrics["eval_exact_match"])
     assert np.mean([r["correct_before"] for r in rows]) == pytest.approx(metrics["eval_exact_match_before"])
-    assert {"answer", "answer_before"} <= set(rows[0])
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_f1_before"] == pytest.approx(metrics["eval_f1_before"])
-    (sample,) = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert sample["after"] == COLOR_OF["goat"]  # asked as a user turn, answered in the trained format
-
-    # Batches: similar lengths (group_by_length) padded per batch; labels only on the answers.
-    end = tokenizer.convert_tokens_to_ids("<|end|>")
-    padding = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
-    assert padding <= 0.05 * sum(b["attention_mask"].numel() for b in batches)
-    for batch in batches:
-        for ids, labels, mask in zip(
-            batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True
-        ):
-            trained = (labels != IGNORE).nonzero().flatten().tolist()
-            answer = tokenizer.decode(ids[trained])
-            assert answer.removesuffix("<|end|>") in set(COLOR_OF.values()) and ids[trained[-1]] == end
-            assert bool((labels[mask == 0] == IGNORE).all())
+    assert len((out / "test_predictions.jsonl").read_text().splitlines()) == 40
+    # The run's curves end with the generated-answer scores (trainer_state.json's log).
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["log_history"][-1]["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
+    # The resolved config records the recipe's defaults: random batch order, no activation checkpointing.
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert "train_sampling_strategy: random" in resolved and "activation_checkpointing: false" in resolved
 
     # The saved model answers in pipeline("text-generation") and stops at the end of its turn.
     generator = pipeline("text-generation", model=str(out))
@@ -270,7 +320,8 @@ def test_chat_conversations_train_with_early_stopping(chat_gpt2, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", conversations(400, seed=21))
     dev = write_jsonl(tmp_path / "dev.jsonl", conversations(48, seed=22))
     out = tmp_path / "out"
-    argv = TINY + flags(
+    argv = tiny_config(
+        tmp_path,
         model_name_or_path=chat_gpt2,
         train_file=train,
         validation_file=dev,
@@ -279,7 +330,7 @@ def test_chat_conversations_train_with_early_stopping(chat_gpt2, tmp_path):
         save_strategy="epoch",
         early_stopping_patience=1,
     )
-    metrics = gpt_clm.main(argv)
+    metrics = sft.main(argv)
     assert metrics["eval_exact_match"] >= 0.7 and metrics["eval_exact_match_before"] <= 0.2, metrics
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] is not None  # early stopping kept the best epoch
@@ -289,12 +340,10 @@ def test_chat_conversations_train_with_early_stopping(chat_gpt2, tmp_path):
 
 
 def test_prompt_completion_without_template_trains_lora_and_merges(plain_gpt2, tmp_path):
-    rows = color_questions(240, seed=31)
-    for row in rows:  # no chat template: the prompt carries its own separator
-        row["prompt"] += " answer:"
-    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    train = write_jsonl(tmp_path / "train.jsonl", color_questions(240, seed=31))
     out = tmp_path / "out"
-    argv = TINY + flags(
+    argv = tiny_config(
+        tmp_path,
         model_name_or_path=plain_gpt2,
         train_file=train,
         use_lora=True,
@@ -304,114 +353,83 @@ def test_prompt_completion_without_template_trains_lora_and_merges(plain_gpt2, t
         learning_rate=1e-2,
         num_train_epochs=2,
     )
-    metrics = gpt_clm.main(argv)
+    metrics = sft.main(argv)
     # LoRA adapters on a randomly initialised model learn slowly: the loss falls, answers stay rare.
-    assert metrics["perplexity"] < 0.7 * metrics["perplexity_before"], metrics
+    assert metrics["eval_loss"] < metrics["eval_loss_before"] - 0.5, metrics
     assert "eval_exact_match" in metrics and "eval_accuracy_before" in metrics
+    assert metrics["trainable_params"] < metrics["total_params"] / 5  # adapters on every linear layer
     merged = AutoModelForCausalLM.from_pretrained(out)  # plain transformers: the adapter is in the weights
     assert not (out / "adapter_config.json").exists()
     assert merged.generation_config.eos_token_id in (50256, [AutoTokenizer.from_pretrained(out).eos_token_id])
 
 
-# ---- Padding-free batches
-
-
-def test_padding_free_batches_give_the_padded_loss(chat_gpt2, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", color_questions(64, seed=41))
-    argv = TINY + flags(
-        model_name_or_path=chat_gpt2,
-        train_file=train,
-        padding_free=True,
-        attn_implementation="sdpa",
-        output_dir=tmp_path / "out",
-    )
-    setup = gpt_clm.build(argv)
-    trainer = setup.trainer
-    flat = next(iter(trainer.get_train_dataloader()))
-    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat  # one row, no padding
-    starts = (flat["position_ids"][0] == 0).nonzero().flatten().tolist()
-    assert len(starts) == trainer.args.per_device_train_batch_size  # positions restart per example
-    assert bool((flat["labels"][0, starts] == IGNORE).all())  # nothing predicts across a boundary
-    # The same examples padded: the same loss, so packed examples did not see each other.
-    examples = [setup.examples["train"][i] for i in range(len(setup.examples["train"]))]
-    by_ids = {tuple(e["input_ids"]): e for e in examples}
-    bounds = [*starts, flat["input_ids"].shape[1]]
-    chunks = [tuple(flat["input_ids"][0, a:b].tolist()) for a, b in zip(bounds, bounds[1:], strict=False)]
-    padded = DataCollatorForSeq2Seq(trainer.processing_class)([by_ids[c] for c in chunks])
-    model = trainer.model.eval()
-    with torch.no_grad():
-        flat_loss = model(**{k: v for k, v in flat.items()}).loss
-        padded_loss = model(**padded).loss
-    assert float(flat_loss) == pytest.approx(float(padded_loss), rel=1e-4)
-    metrics = gpt_clm.main([*argv, "--overwrite_output_dir", "true", "--max_steps", "4"])
-    assert np.isfinite(metrics["eval_loss"])
-
-
-def test_padding_free_is_refused_where_packed_examples_would_attend_to_each_other(chat_gpt2, tmp_path):
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    def causal_only(module, query, key, value, attention_mask, **kwargs):  # ignores any mask: plain causal
-        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
-
-    AttentionInterface.register("causal_only", causal_only)
-    train = write_jsonl(tmp_path / "train.jsonl", color_questions(32, seed=42))
-    argv = TINY + flags(
-        model_name_or_path=chat_gpt2,
-        train_file=train,
-        padding_free=True,
-        attn_implementation="causal_only",
-        output_dir=tmp_path / "out",
-    )
-    with pytest.raises(ConfigError, match="padding_free.*attend to each other.*flash_attention_2"):
-        gpt_clm.build(argv)
-    # The same attention without padding_free: batches padded, which it handles.
-    gpt_clm.build([*argv, "--padding_free", "false", "--overwrite_output_dir", "true"])
-    # transformers' sdpa keeps packed examples apart only without a cache, as Trainer sets it
-    # (use_cache: false); asked to keep the cache in training, it would mix them: refused too.
-    sdpa = [*argv, "--attn_implementation", "sdpa", "--overwrite_output_dir", "true"]
-    gpt_clm.build(sdpa)
-    with pytest.raises(ConfigError, match="'sdpa' and use_cache: true.*attend to each other"):
-        gpt_clm.build([*sdpa, "--use_cache", "true"])
-
-
 # ---- Errors, several processes, sweep
 
 
-def test_sft_settings_on_plain_text_and_missing_columns_are_named(chat_gpt2, tmp_path):
-    text = write_lines(tmp_path / "train.txt", pattern_lines(50, seed=51))
-    base = TINY + flags(model_name_or_path=chat_gpt2, output_dir=tmp_path / "o")
-    with pytest.raises(ConfigError, match="generation_eval needs prompt/completion or chat data"):
-        gpt_clm.build([*base, "--train_file", str(text), "--generation_eval", "true"])
-    with pytest.raises(ConfigError, match="padding_free needs prompt/completion or chat data"):
-        gpt_clm.build([*base, "--train_file", str(text), "--padding_free", "true"])
-    labelled = write_color_csv(tmp_path / "train.csv", 20, seed=52)
-    with pytest.raises(DataError, match="prompt_template field 'colour' not found.*animal, place, color"):
-        gpt_clm.build(
-            base + flags(train_file=labelled, prompt_template="is it {colour}?", completion_column="color")
+def test_bad_data_gets_one_line_naming_it(chat_gpt2, tmp_path):
+    def build(rows: list[dict], **keys: object) -> None:
+        train = write_jsonl(tmp_path / "train.jsonl", rows)
+        sft.build(
+            tiny_config(
+                tmp_path, model_name_or_path=chat_gpt2, train_file=train, output_dir=tmp_path / "o", **keys
+            )
         )
-    with pytest.raises(DataError, match="messages_column 'messages' not found"):
-        gpt_clm.build([*base, "--train_file", str(labelled), "--data_format", "chat"])
+
+    with pytest.raises(DataError, match="no 'messages' column.*columns: text.*recipes/gpt_clm"):
+        build([{"text": "just text"}] * 4)
+    with pytest.raises(DataError, match="prompt_template field 'colour' not found|'colour'"):
+        build(color_questions(4, 1), prompt_template="is it {colour}?")
+    with pytest.raises(DataError, match="empty answer"):
+        build([{"prompt": "what color is the cat?", "completion": " "}] * 4)
+    with pytest.raises(DataError, match="no assistant turn"):
+        build([{"messages": [{"role": "user", "content": "hi"}]}] * 4)
+    with pytest.raises(ConfigError, match="gradient_checkpointing.*activation_checkpointing"):
+        build(color_questions(4, 1), gradient_checkpointing=True)
+
+
+def test_a_role_the_template_rejects_is_one_data_error(tmp_path):
+    tokenizer = family_tokenizer("gemma")
+    folder = tmp_path / "gemma_tok"
+    tokenizer.save_pretrained(folder)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, *c["messages"]]} for c in conversations(4, 6)
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    argv = tiny_config(tmp_path, model_name_or_path=folder, train_file=train, output_dir=tmp_path / "o")
+    with pytest.raises(DataError, match="chat template rejects a conversation: Conversation roles must be"):
+        sft.build(argv)
 
 
 def test_two_processes_generate_every_answer_once(chat_gpt2, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", color_questions(160, seed=61))
     dev = write_jsonl(tmp_path / "dev.jsonl", color_questions(37, seed=62))  # uneven over 2 processes
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", RUN_PY]
-    cmd = (
-        torchrun
-        + TINY
-        + flags(
-            model_name_or_path=chat_gpt2,
-            train_file=train,
-            validation_file=dev,
-            output_dir="two",
-            per_device_eval_batch_size=8,
-            num_train_epochs=1,
-        )
+    accelerate = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+    ]
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        output_dir="two",
+        per_device_eval_batch_size=8,
+        num_train_epochs=1,
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*accelerate, RUN_PY, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "two"
     assert json.loads((out / "run_info.json").read_text())["world_size"] == 2
@@ -427,14 +445,15 @@ def test_sweep_searches_sft_runs_by_their_answer_loss(chat_gpt2, tmp_path):
     from recipes_lib.commands.sweep import parse_sweep, run_search
 
     train = write_jsonl(tmp_path / "train.jsonl", color_questions(64, seed=71))
-    argv = TINY + flags(
+    argv = tiny_config(
+        tmp_path,
         model_name_or_path=chat_gpt2,
         train_file=train,
         output_dir=tmp_path / "trials",
         max_steps=3,
         metric_for_best_model="loss",
     )
-    setup = gpt_clm.build(argv)
+    setup = sft.build(argv)
     spec = parse_sweep({"trials": 2, "space": {"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}})
     results = run_search(setup.trainer, spec)
     assert results["metric"] == "eval_loss" and len(results["trials"]) == 2
@@ -444,7 +463,26 @@ def test_sweep_searches_sft_runs_by_their_answer_loss(chat_gpt2, tmp_path):
 # ---- The real SmolLM2-135M-Instruct learns a labelled task as prompt/completion, with LoRA
 
 
-def test_smollm2_lora_learns_to_answer_with_labels(smollm2, tmp_path):
+def labelled_tweets(csv_path: Path, n: int) -> list[dict[str, str]]:
+    """n short tweets whose annotators agreed (confidence 1), a third of each sentiment, as
+    prompt/completion rows: the question and tweet as the prompt, the sentiment as the answer."""
+    with open(csv_path, encoding="latin-1") as f:
+        tweets = [
+            r for r in csv.DictReader(f) if float(r["confidence"] or 0) >= 0.99 and len(r["text"]) <= 100
+        ]
+    rng = random.Random(0)
+    rows = []
+    for label in ("negative", "neutral", "positive"):
+        chosen = rng.sample([t for t in tweets if t["sentiment"] == label], n // 3)
+        question = "Is this tweet negative, neutral or positive?"
+        rows += [{"prompt": f"{question}\n\n{t['text']}", "completion": label} for t in chosen]
+    rng.shuffle(rows)
+    return rows
+
+
+def test_smollm2_lora_with_the_recipe_defaults_learns_to_answer_with_labels(smollm2, tmp_path):
+    """A user's minimal config: model, files, `use_lora: true`, a LoRA learning rate. The recipe's
+    defaults (LoRA on every linear layer, random batch order) do the rest."""
     from peft import AutoPeftModelForCausalLM
 
     rows = labelled_tweets(assets.fetch("tweets"), 180 + 60)
@@ -452,24 +490,21 @@ def test_smollm2_lora_learns_to_answer_with_labels(smollm2, tmp_path):
     dev = write_jsonl(tmp_path / "dev.jsonl", rows[180:])
     out = tmp_path / "out"
     start = time.perf_counter()
-    argv = flags(
+    argv = tiny_config(
+        tmp_path,
         model_name_or_path=smollm2,
         train_file=train,
         validation_file=dev,
         system_prompt="Answer with one word.",
         use_lora=True,
-        lora_dropout=0.0,
         learning_rate=3e-3,
         per_device_train_batch_size=8,
         per_device_eval_batch_size=30,
         num_train_epochs=1,
-        **QUIET,
         output_dir=out,
         eval_on_start=False,  # the loss before training is not asserted: one evaluation less
-        train_sampling_strategy="random",  # 23 steps: batches of similar lengths would lean to a class
     )
-    argv += ["--lora_target_modules", *LINEAR_LAYERS]  # every linear layer: 0.77 instead of 0.63 here
-    metrics = gpt_clm.main(argv)
+    metrics = sft.main(argv)
     seconds = time.perf_counter() - start
     assert metrics["eval_accuracy_before"] <= 0.45, metrics  # chance is 1/3; it answers in sentences
     assert metrics["eval_accuracy"] >= 0.7, metrics
@@ -493,32 +528,15 @@ def test_smollm2_lora_learns_to_answer_with_labels(smollm2, tmp_path):
     assert reply[0]["generated_text"][-1]["content"] in {"negative", "neutral", "positive"}
 
 
-def labelled_tweets(csv_path: Path, n: int) -> list[dict[str, str]]:
-    """n short tweets whose annotators agreed (confidence 1), a third of each sentiment, as
-    prompt/completion rows: the question and tweet as the prompt, the sentiment as the answer."""
-    with open(csv_path, encoding="latin-1") as f:
-        tweets = [
-            r for r in csv.DictReader(f) if float(r["confidence"] or 0) >= 0.99 and len(r["text"]) <= 100
-        ]
-    rng = random.Random(0)
-    rows = []
-    for label in ("negative", "neutral", "positive"):
-        chosen = rng.sample([t for t in tweets if t["sentiment"] == label], n // 3)
-        question = "Is this tweet negative, neutral or positive?"
-        rows += [{"prompt": f"{question}\n\n{t['text']}", "completion": label} for t in chosen]
-    rng.shuffle(rows)
-    return rows
-
-
-def test_the_shipped_sft_demo_config_runs_as_the_readme_shows(smollm2, tmp_path):
-    """`python recipes/gpt_clm/run.py --config configs/sft_tweets.yaml` (the README's command and
-    the demo's SFT row), on a few examples: the real model and the tweets CSV from the asset cache,
-    the answers generated and scored before and after, the adapter saved."""
+def test_the_shipped_sft_config_runs_as_the_readme_shows(smollm2, tmp_path):
+    """`python recipes/sft/run.py` (the README's command and the demo's SFT row), on a few
+    examples: the real model and the tweets CSV from the asset cache, the answers generated and
+    scored before and after, the adapter saved."""
     assets.fetch("tweets")
     out = tmp_path / "sft_demo"
-    argv = ["--config", "configs/sft_tweets.yaml", "--output_dir", str(out), "--disable_tqdm", "true"]
+    argv = ["--output_dir", str(out), "--disable_tqdm", "true"]
     argv += ["--max_train_samples", "16", "--max_eval_samples", "6"]  # seconds, not the demo's minutes
-    metrics = gpt_clm.main(argv)
+    metrics = sft.main(argv)
     assert metrics["eval_samples"] == 6 and metrics["train_samples"] == 16
     for key in ("eval_accuracy", "eval_accuracy_before", "eval_f1", "eval_f1_before"):
         assert 0.0 <= metrics[key] <= 1.0, key

@@ -1,0 +1,166 @@
+"""Generated answers, scored: what an instruction- or preference-tuned model answers, not its loss.
+
+A recipe that teaches a language model to answer (sft, dpo) asks it each validation prompt,
+greedily, before and after training, and scores the answers against the references:
+`exact_match` always, and `accuracy` / `f1` when the references are labels (a few distinct
+short answers, e.g. negative / neutral / positive). One line per example goes to
+`eval_predictions.jsonl`. Used through four calls in run.py:
+
+    prompts = [chat_prompt(turns, tokenizer) for turns in ...]   # token ids that ask for the answer
+    answers = generate_answers(trainer, prompts, max_new_tokens, stop_ids)
+    metrics = answer_metrics(answers, references, label_names, "eval")
+    write_answers(path, shown_prompts, references, answers, answers_before)
+
+transformers' `generate` does the decoding; this module adds what it lacks for scoring a
+validation set: left-padded batches of similar lengths, each prompt generated once under
+several processes (a strided share per process, gathered), and the scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, PreTrainedTokenizerBase, Trainer
+
+from recipes_lib.metrics import classification_metrics
+from recipes_lib.training import atomic_write
+
+MAX_LABELS = 50  # references count as labels (accuracy, F1) when train has 2 to this many distinct ones
+
+
+def chat_prompt(turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that ask the model for the next assistant turn after `turns`: the chat template
+    with its generation prompt, as TRL renders a conversational prompt for training."""
+    return tokenizer.apply_chat_template(turns, add_generation_prompt=True, return_dict=False)
+
+
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase, use_chat_template: bool = True) -> list[int]:
+    """Where a generated answer stops: eos, and the special token that closes an assistant turn
+    under the chat template (SmolLM2: <|im_end|>; Llama 3: <|eot_id|>; Gemma: <end_of_turn>)."""
+    stop = [tokenizer.eos_token_id]
+    if use_chat_template and tokenizer.chat_template is not None:
+        probe = [{"role": "user", "content": "Hi"}]
+        prompt = tokenizer.apply_chat_template(probe, add_generation_prompt=True, return_dict=False)
+        full = tokenizer.apply_chat_template(
+            [*probe, {"role": "assistant", "content": "Hello"}], return_dict=False
+        )
+        special = set(tokenizer.all_special_ids)
+        stop += [t for t in full[len(prompt) :] if t in special][:1]
+    return sorted({t for t in stop if t is not None})
+
+
+def generate_answers(
+    trainer: Trainer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    keep_prompt: bool = False,
+) -> list[str]:
+    """Greedy continuations of token-id prompts, in their order: the new text only, or the prompt
+    and the new text with `keep_prompt`. Batches of `per_device_eval_batch_size` prompts of
+    similar lengths, left-padded. Under several processes each generates a strided share (the
+    same number of batches on each, as a sharded model needs) and the answers are gathered, so
+    every prompt is generated once. The model is put back in training mode if it was."""
+    from accelerate.utils import gather_object
+
+    model, tokenizer = trainer.model, trainer.processing_class
+    was_training = model.training
+    model.eval()
+    rank, world = trainer.args.process_index, trainer.args.world_size
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+    mine = sorted(range(rank, len(prompts), world), key=lambda i: len(prompts[i]))
+    mine += (mine[-1:] or [0]) * (math.ceil(len(prompts) / world) - len(mine))  # repeats, dropped below
+    size = trainer.args.per_device_eval_batch_size
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generated = []
+    for batch in (mine[i : i + size] for i in range(0, len(mine), size)):
+        if not prompts:
+            break
+        width = max(len(prompts[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            attention_mask[row, width - len(prompts[i]) :] = 1
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max(1, min(max_new_tokens, limit - width)),
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=pad_id,
+            )
+        for row, i in enumerate(batch):
+            start = width - len(prompts[i]) if keep_prompt else width
+            generated.append((i, tokenizer.decode(output[row, start:], skip_special_tokens=True)))
+    model.train(was_training)
+    by_index = dict(gather_object(generated) if world > 1 else generated)
+    return [by_index[i] for i in range(len(prompts))]
+
+
+def normalize(answer: str) -> str:
+    """An answer as exact match compares it: without surrounding whitespace, in lower case."""
+    return answer.strip().casefold()
+
+
+def answer_labels(train_references: Sequence[str], other_references: Sequence[str] = ()) -> list[str]:
+    """The distinct references (normalized) when train has 2 to MAX_LABELS of them: the labels
+    that accuracy and F1 are computed over (plus any only the other splits have); else []."""
+    train = {normalize(r) for r in train_references}
+    if not 2 <= len(train) <= MAX_LABELS:
+        return []
+    return sorted(train | {normalize(r) for r in other_references})
+
+
+def answer_metrics(
+    answers: Sequence[str], references: Sequence[str], label_names: Sequence[str], prefix: str
+) -> dict[str, float]:
+    """`<prefix>_exact_match` of generated answers; with labels, also `<prefix>_accuracy` and
+    `<prefix>_f1` through the classification metrics bert_cls uses (binary: F1 of the second label
+    in sorted order; more labels: macro). An answer outside the labels is wrong: it is scored as
+    the label after the reference (for two labels, the other one)."""
+    predicted = [normalize(a) for a in answers]
+    expected = [normalize(r) for r in references]
+    matches = [p == e for p, e in zip(predicted, expected, strict=True)]
+    metrics = {f"{prefix}_exact_match": float(np.mean(matches)) if matches else 0.0}
+    if label_names and expected:
+        index = {name: i for i, name in enumerate(label_names)}
+        refs = np.array([index[e] for e in expected])
+        preds = np.array(
+            [index.get(p, (r + 1) % len(label_names)) for p, r in zip(predicted, refs, strict=True)]
+        )
+        compute = classification_metrics(len(label_names), ["accuracy", "f1"])
+        scores = compute(EvalPrediction(predictions=np.eye(len(label_names))[preds], label_ids=refs))
+        metrics.update({f"{prefix}_accuracy": scores["accuracy"], f"{prefix}_f1": scores["f1"]})
+    return metrics
+
+
+def write_answers(
+    path: Path,
+    prompts: Sequence[Any],
+    references: Sequence[str],
+    answers: Sequence[str],
+    answers_before: Sequence[str] | None = None,
+) -> None:
+    """eval/test_predictions.jsonl: each example's prompt, reference, generated answer and whether
+    they match (after stripping whitespace and case); the same before training when given."""
+    lines = []
+    for i, (prompt, reference, answer) in enumerate(zip(prompts, references, answers, strict=True)):
+        row = {
+            "prompt": prompt,
+            "reference": reference,
+            "answer": answer,
+            "correct": normalize(answer) == normalize(reference),
+        }
+        if answers_before is not None:
+            row["answer_before"] = answers_before[i]
+            row["correct_before"] = normalize(answers_before[i]) == normalize(reference)
+        lines.append(json.dumps(row, ensure_ascii=False, default=str))
+    atomic_write(path, "\n".join(lines) + "\n")
