@@ -14,10 +14,14 @@ import os
 import platform
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from transformers import Trainer, TrainingArguments
+
+from recipes_lib.metrics import main_metric, metric_base
+
+if TYPE_CHECKING:  # transformers is imported where it is used: `recipes report` reads RUN_INFO alone
+    from transformers import Trainer, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -65,18 +69,17 @@ def run_info(recipe: str | None, config_file: str | None, world_size: int) -> di
     }
 
 
-# The main metric of a run when metric_for_best_model does not name one, in this order.
-MAIN_METRICS = ("perplexity", "eval_accuracy", "eval_pearson", "eval_f1", "eval_loss")
-
-
 def plot_training_curves(
     log_history: Sequence[dict[str, Any]], path: Path, args: TrainingArguments | None = None
 ) -> Path | None:
     """The losses and the main eval metric over steps, as lines, with the evaluation before
-    training (step 0) and the final one marked and labelled. Two panels at most."""
+    training (step 0) and the final one marked and labelled. Two panels at most: the main metric
+    (`metric_for_best_model`, else `recipes_lib.metrics.main_metric`'s) gets its own unless it is
+    a loss."""
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     evals = [e for e in log_history if "eval_loss" in e and "step" in e]
-    main = _main_metric_key(log_history, args)
+    logged = {k for e in log_history for k in e if metric_base(k) != "loss"}
+    main = main_metric(logged, getattr(args, "metric_for_best_model", None))
     panels = []
     if train or evals:
         panels.append(
@@ -110,16 +113,6 @@ def plot_training_curves(
     return path
 
 
-def _main_metric_key(log_history: Sequence[dict[str, Any]], args: TrainingArguments | None) -> str | None:
-    logged = {k for e in log_history for k in e}
-    chosen = getattr(args, "metric_for_best_model", None)
-    if chosen and not chosen.endswith("loss"):
-        key = chosen if chosen.startswith("eval_") else f"eval_{chosen}"
-        if key in logged:
-            return key
-    return next((k for k in MAIN_METRICS if k in logged and not k.endswith("loss")), None)
-
-
 def _mark_before_and_after(ax: Any, points: list[tuple[int, float]]) -> None:
     marks = []
     if points[0][0] == 0:
@@ -135,6 +128,8 @@ def write_model_card(
     trainer: Trainer, metrics: dict[str, Any], card: dict[str, Any], resolved_config: Path
 ) -> None:
     """Trainer's model card (README.md) plus the final metrics and the resolved configuration."""
+    from transformers import Trainer
+
     out = Path(trainer.args.output_dir)
     try:  # transformers' own card, also for TRL's trainers (whose override takes other arguments)
         Trainer.create_model_card(trainer, **card)

@@ -39,7 +39,7 @@ from transformers.trainer_utils import (
 
 from recipes_lib.config import RunArguments, resolved_config
 from recipes_lib.errors import ConfigError, OutputDirError, TrainingError
-from recipes_lib.metrics import without_timings
+from recipes_lib.metrics import greater_is_better, without_timings
 from recipes_lib.reporting import RUN_INFO, plot_training_curves, run_info, write_model_card
 from recipes_lib.strategies import StrategyArguments, parameter_counts
 
@@ -220,7 +220,8 @@ def has_run_guards(trainer: Trainer) -> bool:
 
 def enable_best_model_at_end(args: TrainingArguments) -> None:
     """Early stopping ends on the best checkpoint: turn on `load_best_model_at_end` (metric:
-    `metric_for_best_model`, loss when unset), refusing settings that leave no checkpoint to pick."""
+    `metric_for_best_model`, loss when unset; its direction by `recipes_lib.metrics.greater_is_better`
+    unless `greater_is_better` is set), refusing settings that leave no checkpoint to pick."""
     if args.eval_strategy == "no":
         raise ConfigError("early_stopping_patience needs evaluations: set eval_strategy to epoch or steps")
     if args.save_strategy != "best" and (
@@ -236,7 +237,7 @@ def enable_best_model_at_end(args: TrainingArguments) -> None:
     if args.metric_for_best_model is None:
         args.metric_for_best_model = "loss"
     if args.greater_is_better is None:
-        args.greater_is_better = not args.metric_for_best_model.endswith("loss")
+        args.greater_is_better = greater_is_better(args.metric_for_best_model)
 
 
 # ---- Callbacks a recipe passes to Trainer(callbacks=[...])

@@ -1,7 +1,9 @@
 """`recipes report RUN_DIR...`: finished runs in a table beside their expected (paper) numbers.
 
 Each row is read back from a run folder: `all_results.json`, `resolved_config.yaml` (whose
-`expected:` block holds the baseline) and `run_info.json` (recipe, config file, hardware).
+`expected:` block holds the baseline) and `run_info.json` (recipe, config file, hardware). A row's
+metric is the config's `expected.metric`, else the run's main metric by `recipes_lib.metrics`'
+rule (`metric_for_best_model`, else the first of accuracy, Pearson, ..., perplexity it reports).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import yaml
 
 from recipes_lib.errors import RecipeError
-from recipes_lib.reporting import MAIN_METRICS, RUN_INFO
+from recipes_lib.metrics import greater_is_better, main_metric, metric_key
+from recipes_lib.reporting import RUN_INFO
 
 REPORT_COLUMNS = [
     "recipe",
@@ -34,7 +37,6 @@ REPORT_COLUMNS = [
     "hardware",
     "run_dir",
 ]
-LOWER_IS_BETTER = ("loss", "perplexity", "mse", "error")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,25 +61,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def lower_is_better(metric: str) -> bool:
-    """True for losses, perplexity, MSE and error rates."""
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
-def metric_key(name: str) -> str:
-    """The key of a metric in all_results.json: `accuracy` -> `eval_accuracy`; `eval_*` and the
-    derived `perplexity*` keys stay as they are."""
-    return name if name.startswith(("eval_", "perplexity")) else f"eval_{name}"
-
-
-def main_metric(results: dict[str, Any]) -> str | None:
-    """The first of MAIN_METRICS in a run's results, else its first eval metric."""
-    for key in MAIN_METRICS:
-        if key in results:
-            return key
-    return next((k for k in results if k.startswith("eval_")), None)
-
-
 def report_row(run_dir: Path) -> dict[str, Any]:
     """One table row for a finished run folder (all_results.json + resolved_config.yaml)."""
     run_dir = Path(run_dir)
@@ -89,7 +72,10 @@ def report_row(run_dir: Path) -> dict[str, Any]:
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).is_file() else {}
     expected = config.get("expected") or {}
-    metric = expected.get("metric") or main_metric(results)
+    if expected.get("metric"):  # the baseline's metric, even when the run lacks it (an empty value)
+        metric = metric_key(str(expected["metric"]))
+    else:
+        metric = main_metric(results, config.get("metric_for_best_model"))
     value = results.get(metric)
     row: dict[str, Any] = {
         "recipe": info.get("recipe") or "",
@@ -113,10 +99,9 @@ def report_row(run_dir: Path) -> dict[str, Any]:
         delta = float(value) - float(expected["value"])
         tolerance = float(expected.get("tolerance", 0.0))
         row["delta"] = delta
-        lower_better = lower_is_better(metric)
         if abs(delta) <= tolerance:
             row["within"] = "yes"
-        elif (delta < 0) == lower_better:
+        elif (delta > 0) == greater_is_better(metric):
             row["within"] = "better"
         else:
             row["within"] = "no"

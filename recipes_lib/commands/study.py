@@ -18,11 +18,12 @@ rate included:
       freeze: {learning_rate: 1.0e-2}
 
 The strategies are ranked by the recipe's main metric: `--metric`, else the config's
-`expected.metric`, else `metric_for_best_model` as the first finished run recorded it in its
-resolved_config.yaml, else the first of perplexity, eval_accuracy, eval_pearson, eval_f1,
-eval_loss in its all_results.json. The table (metric, learning rate, trainable parameters,
-peak memory, time) is read back from each run and written to `OUTPUT/study.json`;
-`OUTPUT/study_curves.png` plots the metric of every strategy over training.
+`expected.metric`, else the first finished run's main metric by `recipes_lib.metrics.main_metric`
+(the `metric_for_best_model` its resolved_config.yaml records, else the first of accuracy,
+Pearson, ..., perplexity in its all_results.json), best first by `greater_is_better`. The table
+(metric, learning rate, trainable parameters, peak memory, time) is read back from each run and
+written to `OUTPUT/study.json`; `OUTPUT/study_curves.png` plots the metric of every strategy over
+training.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import TrainingArguments
 
 from recipes_lib.commands.locate import find_recipe
-from recipes_lib.commands.report import lower_is_better, main_metric, metric_key
-from recipes_lib.config import find_config, load_yaml
 from recipes_lib.errors import ConfigError
+from recipes_lib.metrics import greater_is_better, main_metric, metric_key
 from recipes_lib.reporting import pyplot
+
+# recipes_lib.config and transformers are imported in the functions that use them, so that
+# `recipes --help` does not load them.
 
 # The keys each strategy sets; every other strategy key is reset, so a config with
 # use_lora: true still gives a full fine-tune in the `full` row.
@@ -78,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metric",
         help="metric to compare (default: the config's expected metric, else metric_for_best_model, "
-        "else the first of perplexity, accuracy, pearson, f1, loss)",
+        "else the first of accuracy, pearson, ..., f1, perplexity, loss the runs report)",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="rerun strategies whose folders hold finished runs"
@@ -87,6 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recipes_lib.config import find_config
+
     recipe = find_recipe(args.recipe)
     config = find_config(args.config, recipe / "config.yaml").resolve()
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -99,12 +103,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def base_learning_rate(config: dict[str, Any]) -> float:
-    """The config's learning_rate, else TrainingArguments' default."""
+    """The config's learning_rate (read as the recipe reads it), else TrainingArguments' default."""
+    from transformers import TrainingArguments
+
+    from recipes_lib.config import convert
+
     value = config.get("learning_rate", TrainingArguments.__dataclass_fields__["learning_rate"].default)
-    try:
-        return float(value)  # PyYAML reads 1e-4 (no dot) as a string
-    except (TypeError, ValueError):
-        raise ConfigError(f"learning_rate: must be a number, got {value!r}") from None
+    return convert("learning_rate", value, float)  # PyYAML reads 1e-4 (no dot) as a string
 
 
 def learning_rate_rule(name: str, config: dict[str, Any], base_lr: float | None = None) -> tuple[Any, str]:
@@ -152,10 +157,9 @@ def pop_learning_rate(extra_args: Sequence[str]) -> tuple[float | None, list[str
         i += 1
     if base is None:
         return None, rest
-    try:
-        return float(base), rest
-    except ValueError:
-        raise ConfigError(f"--learning_rate: must be a number, got {base!r}") from None
+    from recipes_lib.config import convert
+
+    return convert("--learning_rate", base, float), rest
 
 
 def run_study(
@@ -168,6 +172,8 @@ def run_study(
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Run each strategy and return one row per strategy; a failed run gets an `error` entry."""
+    from recipes_lib.config import load_yaml
+
     config = load_yaml(config_path)
     base_lr, extra_args = pop_learning_rate(extra_args)
     # Every strategy's keys are checked before anything runs.
@@ -194,8 +200,8 @@ def run_study(
 
 
 def study_metric(config: dict[str, Any], metric: str | None = None, run_dirs: Sequence[Path] = ()) -> str:
-    """The metric compared: --metric, else the config's expected metric, else metric_for_best_model
-    as the first finished run recorded it, else the first main metric in its results."""
+    """The metric compared: --metric, else the config's expected metric, else the main metric of the
+    first finished run (its recorded metric_for_best_model, else recipes_lib.metrics' order)."""
     name = metric or (config.get("expected") or {}).get("metric")
     if name:
         return metric_key(str(name))
@@ -203,10 +209,8 @@ def study_metric(config: dict[str, Any], metric: str | None = None, run_dirs: Se
         resolved, results = out / "resolved_config.yaml", out / "all_results.json"
         if not results.is_file():
             continue
-        recorded = yaml.safe_load(resolved.read_text()) if resolved.is_file() else {}
-        if (recorded or {}).get("metric_for_best_model"):
-            return metric_key(str(recorded["metric_for_best_model"]))
-        found = main_metric(json.loads(results.read_text()))
+        recorded = (yaml.safe_load(resolved.read_text()) if resolved.is_file() else None) or {}
+        found = main_metric(json.loads(results.read_text()), recorded.get("metric_for_best_model"))
         if found:
             return found
     return "eval_loss"
@@ -236,7 +240,7 @@ def study_row(name: str, out: Path, metric: str, exit_code: int = 0) -> dict[str
 
 def rank_rows(rows: list[dict[str, Any]], metric: str) -> None:
     """Give each finished row its `rank` by `metric`: 1 is best (lowest for losses), ties share one."""
-    sign = -1 if lower_is_better(metric) else 1
+    sign = 1 if greater_is_better(metric) else -1
     values = [sign * r["value"] for r in rows if "error" not in r]
     for row in rows:
         if "error" not in row:

@@ -5,7 +5,7 @@ The search space is the config's `sweep:` block, read here and ignored by traini
     sweep:
       trials: 8                    # `recipes sweep --trials` overrides
       metric: eval_accuracy        # default: metric_for_best_model (else eval_loss)
-      direction: maximize          # default: minimize for loss/perplexity/mse, else maximize
+      direction: maximize          # default: greater_is_better (recipes_lib.metrics)
       space:
         learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}   # a float range
         num_train_epochs: {low: 1, high: 4}                     # an integer range
@@ -21,7 +21,7 @@ checkpoint when `load_best_model_at_end` is set), the number the recipe's `main`
 Left to itself, `hyperparameter_search` takes the last evaluation made during training, which
 with `eval_on_start: true` and `eval_strategy: 'no'` is the step-0 one (the same untrained
 value for every trial), and with per-epoch or step evaluations can predate the last step;
-`FinalEvaluation` evaluates once more when training ends and makes that the trial's value.
+`final_evaluation` evaluates once more when training ends and makes that the trial's value.
 Trials are not pruned, so every trial trains to its end and every value is a final one.
 """
 
@@ -34,16 +34,19 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from recipes_lib.commands.locate import find_recipe, import_recipe
-from recipes_lib.commands.report import lower_is_better, metric_key
-from recipes_lib.config import find_config, load_yaml
 from recipes_lib.errors import ConfigError, RecipeError
-from recipes_lib.training import predict
+from recipes_lib.metrics import greater_is_better, metric_key
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+# transformers, optuna and recipes_lib.config are imported in the functions that use them, so that
+# `recipes --help` does not load them.
 
 SWEEP_KEYS = ("trials", "metric", "direction", "space")
 STUDY_DB = "sweep.db"
@@ -65,6 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recipes_lib.config import find_config, load_yaml
+
     recipe = find_recipe(args.recipe)
     config = find_config(args.config, recipe / "config.yaml").resolve()
     spec = parse_sweep(load_yaml(config).get("sweep"), args.trials)
@@ -99,7 +104,12 @@ class SweepSpec:
 
 
 def parse_sweep(block: Any, trials: int | None = None) -> SweepSpec:
-    """Validate a `sweep:` block; every error names the key."""
+    """Validate a `sweep:` block; every error names the key. Values are read as the command line
+    reads them (`recipes_lib.config.convert`): PyYAML gives `1e-5` as a string."""
+    from transformers import TrainingArguments
+
+    from recipes_lib.config import convert
+
     if not isinstance(block, dict) or not block.get("space"):
         raise ConfigError(
             "the config needs a `sweep:` block with a `space:` of TrainingArguments keys to search"
@@ -116,13 +126,15 @@ def parse_sweep(block: Any, trials: int | None = None) -> SweepSpec:
     direction = block.get("direction")
     if direction not in (None, "minimize", "maximize"):
         raise ConfigError(f"sweep.direction: must be minimize or maximize, got {direction!r}")
-    n = trials if trials is not None else _typed("sweep.trials", block.get("trials", 10), int)
+    n = trials if trials is not None else convert("sweep.trials", block.get("trials", 10), int)
     if n < 1:
         raise ConfigError(f"sweep.trials: must be >= 1, got {n}")
     return SweepSpec(space=space, trials=n, metric=block.get("metric"), direction=direction)
 
 
 def _check_rule(key: str, rule: Any) -> Any:
+    from recipes_lib.config import convert
+
     if isinstance(rule, list) and rule:
         return rule  # a choice
     if (
@@ -132,33 +144,16 @@ def _check_rule(key: str, rule: Any) -> Any:
     ):
         as_int = all(isinstance(rule[k], int) and not isinstance(rule[k], bool) for k in ("low", "high"))
         number = int if as_int else float
-        checked = {k: _typed(f"{key}.{k}", rule[k], number) for k in ("low", "high")}
-        if checked["low"] >= checked["high"]:
+        checked = {k: convert(f"{key}.{k}", rule[k], number) for k in ("low", "high")}
+        if not checked["low"] < checked["high"]:  # also refuses nan
             raise ConfigError(f"{key}: low must be below high, got {rule}")
-        checked["log"] = _typed(f"{key}.log", rule.get("log", False), bool)
+        checked["log"] = convert(f"{key}.log", rule.get("log", False), bool)
         if "step" in rule:
-            checked["step"] = _typed(f"{key}.step", rule["step"], number)
+            checked["step"] = convert(f"{key}.step", rule["step"], number)
         return checked
     raise ConfigError(
         f"{key}: give a list of choices or {{low: .., high: .., log: true|false}}, got {rule!r}"
     )
-
-
-def _typed(key: str, value: Any, kind: type) -> Any:
-    """`value` as `kind` (int, float or bool); PyYAML reads `1e-5` as a string, so numbers may
-    come as text. Errors name `key`."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
-    if not isinstance(value, bool):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is not None and math.isfinite(number) and (kind is float or number.is_integer()):
-            return kind(number)
-    raise ConfigError(f"{key}: must be {'an integer' if kind is int else 'a number'}, got {value!r}")
 
 
 def hp_space(space: dict[str, Any]) -> Callable[[Any], dict[str, Any]]:
@@ -183,43 +178,46 @@ def hp_space(space: dict[str, Any]) -> Callable[[Any], dict[str, Any]]:
 def objective_metric(spec: SweepSpec, args: TrainingArguments) -> tuple[str, str]:
     """(metric key in the eval metrics, optuna direction)."""
     metric = metric_key(spec.metric or args.metric_for_best_model or "loss")
-    return metric, spec.direction or ("minimize" if lower_is_better(metric) else "maximize")
+    return metric, spec.direction or ("maximize" if greater_is_better(metric) else "minimize")
 
 
-class FinalEvaluation(TrainerCallback):
-    """Evaluate once more when a trial's training ends and make that the trial's value.
+def final_evaluation(
+    trainer: Trainer, metric: str, objective: Callable[[dict[str, float]], float]
+) -> TrainerCallback:
+    """A callback that evaluates once more when a trial's training ends and makes that the trial's
+    value.
 
     `hyperparameter_search` reads a trial's value from `trainer.objective`, which every
     evaluation during training overwrites and which it fills itself only when training never
     evaluated. This callback evaluates after the last step (and after the best checkpoint is
     loaded, when `load_best_model_at_end` is set), sets `trainer.objective` from it, and stores
     on the Optuna trial which evaluation that was and every evaluation of the metric.
-    `trial` is set by the search-space function at the start of each trial.
+    Its `trial` is set by the search-space function at the start of each trial.
     """
+    from transformers import TrainerCallback
 
-    def __init__(self, trainer: Trainer, metric: str, objective: Callable[[dict[str, float]], float]) -> None:
-        self.trainer = trainer
-        self.metric = metric
-        self.objective = objective
-        self.trial: Any = None
+    from recipes_lib.training import predict
 
-    def on_train_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        if self.trial is None:
-            return
-        # The recipe's main evaluates this way too: every example once, in order, logged.
-        metrics = predict(self.trainer, self.trainer.eval_dataset, "eval").metrics
-        self.trainer.objective = self.objective(metrics)
-        evaluated = f"after training, step {state.global_step}"
-        if args.load_best_model_at_end and state.best_model_checkpoint:
-            evaluated += f", {Path(state.best_model_checkpoint).name} loaded (load_best_model_at_end)"
-        evaluations = [
-            {"step": e.get("step"), "value": e[self.metric]} for e in state.log_history if self.metric in e
-        ]
-        self.trial.set_user_attr("evaluated", evaluated)
-        self.trial.set_user_attr("evaluations", evaluations)
-        self.trial = None
+    class FinalEvaluation(TrainerCallback):
+        trial: Any = None
+
+        def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.trial is None:
+                return
+            # The recipe's main evaluates this way too: every example once, in order, logged.
+            metrics = predict(trainer, trainer.eval_dataset, "eval").metrics
+            trainer.objective = objective(metrics)
+            evaluated = f"after training, step {state.global_step}"
+            if args.load_best_model_at_end and state.best_model_checkpoint:
+                evaluated += f", {Path(state.best_model_checkpoint).name} loaded (load_best_model_at_end)"
+            evaluations = [
+                {"step": e.get("step"), "value": e[metric]} for e in state.log_history if metric in e
+            ]
+            self.trial.set_user_attr("evaluated", evaluated)
+            self.trial.set_user_attr("evaluations", evaluations)
+            self.trial = None
+
+    return FinalEvaluation()
 
 
 def run_search(trainer: Trainer, spec: SweepSpec) -> dict[str, Any]:
@@ -240,7 +238,7 @@ def run_search(trainer: Trainer, spec: SweepSpec) -> dict[str, Any]:
             raise ConfigError(f"sweep metric {metric} is not among the eval metrics ({shown})")
         return metrics[metric]
 
-    final = FinalEvaluation(trainer, metric, objective)
+    final = final_evaluation(trainer, metric, objective)
     trainer.add_callback(final)
     suggest = hp_space(spec.space)
 
