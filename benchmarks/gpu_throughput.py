@@ -5,9 +5,10 @@
     python benchmarks/gpu_throughput.py --peak_tflops 312 # an A100's dense bf16 peak
 
 Trains through each recipe's own build path: `recipes/<name>/run.py`'s `build(argv)` makes the
-Trainer the recipe would train (its tokenisation, collator, length-bucketed sampler, NaN guard,
-peak-memory callback, its TrainingArguments defaults: bf16 and tf32 on by themselves on a GPU that
-has them, fused AdamW, the data loader settings), and `trainer.train()` runs it.
+Trainer the recipe would train (its tokenisation, collator, sampler: length-bucketed in bert_cls,
+random in gpt_clm; NaN guard, peak-memory callback, its TrainingArguments defaults: bf16 and tf32
+on by themselves on a GPU that has them, fused AdamW, the data loader settings), and
+`trainer.train()` runs it.
 
 Needs no Hub: the script first writes synthetic but realistic assets into a work folder
 (--work, else a temporary one that is deleted at the end):

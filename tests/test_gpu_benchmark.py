@@ -12,12 +12,24 @@ import sys
 from conftest import REPO
 
 # What the recipes build (recipes/bert_cls/run.py, recipes/gpt_clm/run.py, recipes_lib/sampling.py):
-# group_by_length batches from LengthBucketSampler through LengthBucketTrainer, dynamic padding for
-# bert_cls, packed blocks stacked by default_data_collator for gpt_clm's plain text, and the
-# NaN guard and peak-memory callbacks.
+# bert_cls: group_by_length batches from LengthBucketSampler through LengthBucketTrainer, dynamic
+# padding; gpt_clm: a plain Trainer's random batches of packed blocks, all block_size long, stacked
+# by default_data_collator; both with the NaN guard and peak-memory callbacks.
 RECIPE_PATH = {
-    "bert": {"recipe": "bert_cls", "collator": "DataCollatorWithPadding"},
-    "gpt": {"recipe": "gpt_clm", "collator": "default_data_collator"},
+    "bert": {
+        "recipe": "bert_cls",
+        "collator": "DataCollatorWithPadding",
+        "trainer": "LengthBucketTrainer",
+        "sampler": "LengthBucketSampler",
+        "train_sampling_strategy": "group_by_length",
+    },
+    "gpt": {
+        "recipe": "gpt_clm",
+        "collator": "default_data_collator",
+        "trainer": "Trainer",
+        "sampler": "SeedableRandomSampler",
+        "train_sampling_strategy": "random",
+    },
 }
 
 
@@ -54,13 +66,10 @@ def test_gpu_benchmark_smoke_trains_through_the_recipes(tmp_path):
         assert runs["recipe"]["seq_mean"] == runs["raw"]["seq_mean"]
 
         path = runs["recipe_path"]
-        assert path["recipe"] == expected["recipe"]
-        assert path["trainer"] == "LengthBucketTrainer"
-        assert path["sampler"] == "LengthBucketSampler"
-        assert path["collator"] == expected["collator"]
+        for key in ("recipe", "trainer", "sampler", "collator", "train_sampling_strategy"):
+            assert path[key] == expected[key], (kind, key)
         assert {"NonFiniteLossGuard", "PeakMemory"} <= set(path["callbacks"])
         assert path["optimizer_fused"] is True
-        assert path["train_sampling_strategy"] == "group_by_length"
 
     # bert_cls pads per batch and groups lengths: the synthetic texts vary, so some padding is left;
     # gpt_clm's packed blocks have none.
