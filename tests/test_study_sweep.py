@@ -148,6 +148,10 @@ def test_each_strategy_gets_a_learning_rate_by_the_rule_unless_its_study_block_s
     assert freeze[freeze.index("--learning_rate") + 1] == "0.005" and freeze[-2:] == ["--lora_r", "4"]
     assert strategy_argv("freeze", {"learning_rate": 1.0e-4})[-2:] == ["--learning_rate", "0.01"]
     assert strategy_argv("scratch", {})[-2:] == ["--learning_rate", "5e-05"]  # TrainingArguments' default
+    # The full row of a LoRA config turns LoRA off; keys the config leaves alone get no flag (a
+    # recipe without from_scratch, like recipes/sft, would refuse one).
+    full = strategy_argv("full", {"use_lora": True, "lora_r": 4})
+    assert full[full.index("--use_lora") + 1] == "false" and "--from_scratch" not in full
     # --learning_rate given to the study is the base of every strategy's rate, not one rate for all.
     assert pop_learning_rate(["--max_train_samples", "9", "--learning_rate", "2e-5"]) == (
         2e-5,

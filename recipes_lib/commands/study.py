@@ -47,7 +47,7 @@ from recipes_lib.reporting import pyplot
 # recipes_lib.config and transformers are imported in the functions that use them, so that
 # `recipes --help` does not load them.
 
-# The keys each strategy sets; every other strategy key is reset, so a config with
+# The keys each strategy sets; every other strategy key the config sets is reset, so a config with
 # use_lora: true still gives a full fine-tune in the `full` row.
 STRATEGIES: dict[str, dict[str, bool]] = {
     "full": {},
@@ -127,7 +127,10 @@ def strategy_argv(name: str, config: dict[str, Any], base_lr: float | None = Non
     `base_lr` or the config's learning_rate), then the config's `study.<name>` block."""
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    overrides: dict[str, Any] = {**RESET, **STRATEGIES[name]}
+    # Only the keys the config sets need resetting (the rest are off by default), and a recipe
+    # without one of them (recipes/sft has no from_scratch) takes no flag for it.
+    reset = {key: value for key, value in RESET.items() if key in config}
+    overrides: dict[str, Any] = {**reset, **STRATEGIES[name]}
     block = (config.get("study") or {}).get(name) or {}
     if not isinstance(block, dict):
         raise ConfigError(f"study.{name}: must be a mapping of key: value, got {block!r}")
