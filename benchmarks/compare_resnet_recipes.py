@@ -27,7 +27,7 @@ import torch
 
 from recipes_lib.commands.assets import write_digits_imagefolder, write_resnet_config_folder
 from recipes_lib.commands.locate import import_recipe
-from recipes_lib.config import default_cache_dir
+from recipes_lib.machine_defaults import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "outputs" / "bench" / "compare_resnet_recipes"

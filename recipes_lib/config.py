@@ -10,6 +10,10 @@ Each YAML entry becomes a ``--key=value`` argument placed ahead of the command l
 one `HfArgumentParser` pass converts both: a YAML value is read exactly as the same flag
 would be (PyYAML's string ``2e-5`` becomes a float), and argparse keeps the last
 occurrence, so the command line wins.
+
+This module reads and checks what the config says. What the machine decides where the config
+is silent (bf16 on capable GPUs, TensorBoard when installed, ...) and `${VAR}` expansion in paths
+come from `recipes_lib.machine_defaults`, which `parse_config` calls.
 """
 
 from __future__ import annotations
@@ -17,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import importlib.util
 import json
-import os
 import re
 import sys
 import typing
@@ -33,17 +35,19 @@ from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
 from recipes_lib.errors import ConfigError, is_bare_debug
+from recipes_lib.machine_defaults import (
+    check_one_process_group,
+    expand_vars,
+    machine_defaults,
+    worker_defaults,
+)
+from recipes_lib.metrics import greater_is_better
 
 # Keys a YAML file may carry that are not arguments: read by `recipes report`, `study` and `sweep`.
 NON_ARGUMENT_KEYS = ("expected", "study", "sweep")
 
 # argparse's type names in "invalid float value: 'fast'", as a user would say them.
 _MUST_BE = {"int": "an integer", "float": "a number", "bool": "true or false"}
-
-
-def default_cache_dir() -> Path:
-    """The asset cache: `$RECIPES_CACHE`, else `~/.cache/recipes`."""
-    return Path(os.environ.get("RECIPES_CACHE") or Path.home() / ".cache" / "recipes")
 
 
 @dataclasses.dataclass
@@ -125,12 +129,7 @@ def parse_config(
 
     cli_keys = {a[2:].split("=")[0].replace("-", "_").removeprefix("no_") for a in argv if a.startswith("--")}
     chosen = set(values) | (cli_keys & set(fields))
-    machine: dict[str, Any] = {}
-    if "report_to" in fields and "report_to" not in chosen and tensorboard_available():
-        machine["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
-    machine.update(gpu_speed_defaults(set(fields), chosen))
-    machine.update(distributed_cpu_defaults(set(fields), chosen))
-    machine.update(loader_defaults(set(fields), chosen))
+    machine = machine_defaults(set(fields), chosen)  # bf16 on capable GPUs, TensorBoard, ...
     parser.set_defaults(**direct, **machine)
 
     try:  # the file's values alone first, so that an error can say which file it is in
@@ -160,9 +159,11 @@ def parse_config(
             args.config_file = str(config_path) if config_path else None
             args.expected = extras.get("expected")
         if isinstance(args, TrainingArguments):
-            if args.dataloader_num_workers > 0 and "dataloader_persistent_workers" not in chosen:
-                # Workers kept between epochs and evaluations instead of started anew each time.
-                args.dataloader_persistent_workers = True
+            worker_defaults(args, chosen)
+            if args.metric_for_best_model is not None and "greater_is_better" not in chosen:
+                # transformers calls every name not ending in "loss" higher-is-better (perplexity
+                # too); the best checkpoint and early stopping follow the project's one rule.
+                args.greater_is_better = greater_is_better(args.metric_for_best_model)
             check_training_ranges(args)
             check_one_process_group(args)
     return tuple(parsed)
@@ -219,80 +220,13 @@ def _explain(message: str, sources: dict[str, str] | None) -> str:
 
 
 def convert(key: str, value: Any, tp: type) -> Any:
-    """A YAML value outside the arguments (a `sweep:` block) read as the command line reads
-    one: `tp` is int, float or bool. A ConfigError names `key`."""
+    """A value outside the arguments (a `sweep:` block, the learning rate `recipes study` scales)
+    read as the command line reads one: `tp` is int, float or bool. A ConfigError names `key`.
+    The one way the project types such values, so `1e-5` and `true` mean the same everywhere."""
     try:
         return string_to_bool(_text(value)) if tp is bool else tp(_text(value))
     except (ValueError, ArgumentTypeError):
         raise ConfigError(f"{key}: must be {_MUST_BE[tp.__name__]}, got {value!r}") from None
-
-
-def expand_vars(value: Any) -> Any:
-    """`${VAR}` and `~` in YAML strings, so configs can name machine-specific folders.
-    `${RECIPES_CACHE}` defaults to the asset cache (`default_cache_dir()`) when unset."""
-    if not isinstance(value, str) or ("$" not in value and not value.startswith("~")):
-        return value
-    value = value.replace("${RECIPES_CACHE}", str(default_cache_dir()))
-    return os.path.expanduser(os.path.expandvars(value))
-
-
-def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
-    """bf16 and tf32 on a GPU that supports them (Ampere or newer), unless the config or the
-    command line chose a precision or the CPU. Same accuracy, about twice the speed."""
-    if "bf16" not in fields or chosen & {"bf16", "fp16", "use_cpu"}:
-        return {}
-    import torch
-
-    if not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(including_emulation=False):
-        return {}
-    defaults = {"bf16": True}
-    if "tf32" not in chosen and torch.cuda.get_device_capability(0) >= (8, 0):
-        defaults["tf32"] = True
-    return defaults
-
-
-def loader_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
-    """`dataloader_pin_memory: false` where there is no GPU to copy batches to: pinned pages only
-    speed up host-to-GPU copies, and torch warns about them on every CPU run."""
-    if "dataloader_pin_memory" not in fields or "dataloader_pin_memory" in chosen:
-        return {}
-    import torch
-
-    return {} if torch.cuda.is_available() else {"dataloader_pin_memory": False}
-
-
-def launched_processes() -> int:
-    """How many processes the launcher (torchrun, accelerate launch) started: WORLD_SIZE, else 1."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def distributed_cpu_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
-    """`use_cpu: true` when a launcher started several processes on a machine without a GPU, so
-    they join one DDP group over gloo. Without it transformers leaves each process training
-    alone at world size 1, all of them writing the same output_dir."""
-    if "use_cpu" not in fields or "use_cpu" in chosen or launched_processes() < 2:
-        return {}
-    import torch
-
-    return {} if torch.cuda.is_available() else {"use_cpu": True}
-
-
-def check_one_process_group(args: TrainingArguments) -> None:
-    """Stop before anything is written when the launched processes did not form one group."""
-    launched = launched_processes()
-    if launched > 1 and args.world_size != launched:
-        raise ConfigError(
-            f"the launcher started {launched} processes but they did not form one training group "
-            f"(world size {args.world_size}); on a machine without GPUs drop use_cpu: false, or "
-            "launch a single process"
-        )
-
-
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -323,6 +257,7 @@ def check_training_ranges(args: TrainingArguments) -> None:
         ("per_device_train_batch_size", args.per_device_train_batch_size >= 1, ">= 1"),
         ("per_device_eval_batch_size", args.per_device_eval_batch_size >= 1, ">= 1"),
         ("gradient_accumulation_steps", args.gradient_accumulation_steps >= 1, ">= 1"),
+        ("num_train_epochs", args.num_train_epochs >= 0, ">= 0"),  # even when max_steps decides
         ("num_train_epochs", args.num_train_epochs > 0 or args.max_steps > 0, "> 0 (or set max_steps)"),
         ("weight_decay", args.weight_decay >= 0, ">= 0"),
         ("warmup_steps", args.warmup_steps >= 0, ">= 0"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, argument_types, load_recipe
+from conftest import REPO, load_recipe
 from transformers import TrainingArguments
 
 from recipes_lib.commands.study import strategy_argv
@@ -13,9 +13,36 @@ from recipes_lib.commands.sweep import parse_sweep
 from recipes_lib.config import RunArguments, load_yaml, parse_config, resolved_config
 from recipes_lib.data import DataArguments
 from recipes_lib.errors import ConfigError
-from recipes_lib.strategies import StrategyArguments
 
 SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
+
+
+class _Parsed(Exception):
+    def __init__(self, parsed: tuple) -> None:
+        self.parsed = parsed
+
+
+def parse_as_recipe(recipe_name: str, argv: list[str]) -> tuple:
+    """`argv` parsed as the recipe's build() parses it: its own dataclasses (whatever the recipe
+    names them), its config.yaml as the default, and its recipe defaults (which a config may need:
+    recipes/sft turns TRL's bf16 off on CPUs). build() is stopped right after its parse_config
+    call, before it loads anything. (conftest's `argument_types` gives the dataclasses alone.)"""
+    recipe = load_recipe(recipe_name)  # a fresh module, so the swap below touches nothing else
+
+    def parse_and_stop(*args, **kwargs):
+        raise _Parsed(parse_config(*args, **kwargs))
+
+    recipe.parse_config = parse_and_stop
+    try:
+        recipe.build(argv)
+    except _Parsed as done:
+        return done.parsed
+    raise AssertionError(f"{recipe_name}'s build() did not start with parse_config")
+
+
+def values_of(parsed: tuple) -> dict:
+    """Every parsed key and its value, whichever dataclass holds it."""
+    return {f: getattr(a, f) for a in parsed for f in vars(a)}
 
 
 def _parse(tmp_path: Path, yaml_text: str, argv: list[str] = ()):
@@ -49,6 +76,9 @@ def test_command_line_overrides_yaml(tmp_path):
         ("per_device_train_batch_size: 3.5\n", [], ["per_device_train_batch_size", "integer"]),
         ("eval_strategy: epochs\n", [], ["eval_strategy", "epoch"]),
         ("learning_rate: -1\n", [], ["learning_rate", "> 0"]),
+        ("num_train_epochs: -1\nmax_steps: 10\n", [], ["num_train_epochs", ">= 0", "-1"]),
+        ("max_steps: 10\n", ["--num_train_epochs", "-2"], ["num_train_epochs", ">= 0", "-2"]),
+        ("num_train_epochs: 0\n", [], ["num_train_epochs", "set max_steps"]),
         ("validation_split_percentage: 150\n", [], ["validation_split_percentage"]),
         ("seed: [1\n", [], ["YAML syntax error", "line 4"]),
     ],
@@ -85,14 +115,12 @@ def test_resolved_config_parses_back_to_the_same_arguments(tmp_path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_parses(path):
-    recipe = load_recipe(path.relative_to(REPO).parts[1])
-    types = argument_types(recipe)
-    parsed = parse_config(types, ["--config", str(path)])
-    model_args, training_args = parsed[0], parsed[-1]
-    run_args = next(args for args in parsed if isinstance(args, RunArguments))
-    assert training_args.output_dir and model_args.model_name_or_path
-    if run_args.expected is not None:  # baseline configs say what they should reach and where from
-        assert {"metric", "value", "tolerance", "source"} <= set(run_args.expected)
+    recipe = path.relative_to(REPO).parts[1]
+    parsed = parse_as_recipe(recipe, ["--config", str(path)])
+    training_args, value = parsed[-1], values_of(parsed)
+    assert training_args.output_dir and value["model_name_or_path"]
+    if value["expected"] is not None:  # baseline configs say what they should reach and where from
+        assert {"metric", "value", "tolerance", "source"} <= set(value["expected"])
     # The main metric names a metric the recipe reports; sweep and study blocks are valid.
     assert training_args.metric_for_best_model in ("accuracy", "f1", "pearson", "loss")
     raw = load_yaml(path)
@@ -100,28 +128,23 @@ def test_every_shipped_config_parses(path):
         spec = parse_sweep(raw["sweep"])
         assert spec.trials >= 1 and spec.space
     for strategy, overrides in (raw.get("study") or {}).items():  # each strategy's keys parse too
-        parsed = parse_config(types, ["--config", str(path), *strategy_argv(strategy, raw)])
+        parsed = parse_as_recipe(recipe, ["--config", str(path), *strategy_argv(strategy, raw)])
         assert all(getattr(parsed[-1], k) == v for k, v in overrides.items() if hasattr(parsed[-1], k))
 
 
 def test_config_relative_to_the_recipe_folder():
-    recipe = load_recipe("bert_cls")
-    *_, training_args = parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, RunArguments, TrainingArguments),
-        ["--config", "configs/mrpc.yaml"],
-        default_config=REPO / "recipes" / "bert_cls" / "config.yaml",
-    )
+    *_, training_args = parse_as_recipe("bert_cls", ["--config", "configs/mrpc.yaml"])
     assert training_args.output_dir.endswith("mrpc")
 
 
 def test_tensorboard_is_on_by_default_only_when_installed(tmp_path, monkeypatch):
-    import recipes_lib.config as config
+    import recipes_lib.machine_defaults as machine
 
-    monkeypatch.setattr(config, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(machine, "tensorboard_available", lambda: True)
     assert _parse(tmp_path, BASE)[2].report_to == ["tensorboard"]
     assert _parse(tmp_path, BASE + "report_to: none\n")[2].report_to == []
     assert _parse(tmp_path, BASE, ["--report_to", "none"])[2].report_to == []
-    monkeypatch.setattr(config, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(machine, "tensorboard_available", lambda: False)
     assert _parse(tmp_path, BASE)[2].report_to == []
 
 
@@ -138,7 +161,7 @@ def test_config_strings_expand_environment_variables(tmp_path, monkeypatch):
 def test_bf16_and_tf32_are_on_by_default_only_on_gpus_that_support_them(monkeypatch):
     import torch
 
-    from recipes_lib.config import gpu_speed_defaults
+    from recipes_lib.machine_defaults import gpu_speed_defaults
 
     fields = {"bf16", "fp16", "tf32", "use_cpu"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -183,11 +206,11 @@ def test_yaml_and_command_line_override_recipe_defaults(tmp_path):
 
 
 def test_machine_filled_keys_are_told_apart_from_chosen_ones(tmp_path, monkeypatch):
-    import recipes_lib.config as config
+    import recipes_lib.machine_defaults as machine
 
-    monkeypatch.setattr(config, "tensorboard_available", lambda: True)
-    monkeypatch.setattr(config, "gpu_speed_defaults", lambda fields, chosen: {"bf16": True})
-    monkeypatch.setattr(config, "loader_defaults", lambda fields, chosen: {})
+    monkeypatch.setattr(machine, "tensorboard_available", lambda: True)
+    monkeypatch.setattr(machine, "gpu_speed_defaults", lambda fields, chosen: {"bf16": True})
+    monkeypatch.setattr(machine, "loader_defaults", lambda fields, chosen: {})
     _, run, args = _parse(tmp_path, BASE + "use_cpu: true\n", ["--seed", "3"])
     assert args.report_to == ["tensorboard"] and args.bf16 is True
     assert run.machine_keys == ["bf16", "report_to"]
@@ -211,14 +234,13 @@ def test_loader_settings_follow_the_device_unless_chosen(tmp_path, monkeypatch):
     assert args.dataloader_persistent_workers is False
     _, run, args = _parse(tmp_path, BASE, ["--dataloader_pin_memory", "true"])
     assert "dataloader_pin_memory" not in run.machine_keys  # chosen: kept (use_cpu aside)
-    from recipes_lib.config import loader_defaults
+    from recipes_lib.machine_defaults import loader_defaults
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert loader_defaults({"dataloader_pin_memory"}, set()) == {}  # a GPU: Trainer's default, pinned
 
 
 def test_every_kind_of_yaml_value_parses(tmp_path):
-    recipe = load_recipe("bert_cls")
     path = tmp_path / "c.yaml"
     path.write_text(
         BASE
@@ -231,11 +253,8 @@ def test_every_kind_of_yaml_value_parses(tmp_path):
         + "run_name: -dash-first\n"  # not taken for a flag
         + "report_to: [tensorboard]\n"  # HF's parser takes one value here; the list is kept
     )
-    parsed = parse_config(
-        (recipe.ModelArguments, recipe.DataArguments, StrategyArguments, RunArguments, TrainingArguments),
-        ["--config", str(path)],
-    )
-    value = {f: getattr(a, f) for a in parsed for f in vars(a)}  # whichever dataclass holds the key
+    parsed = parse_as_recipe("bert_cls", ["--config", str(path)])
+    value = values_of(parsed)
     assert value["metrics"] == ["accuracy", "f1"] and value["lora_target_modules"] == ["query", "value"]
     assert value["early_stopping_patience"] is None
     args = parsed[-1]
@@ -272,6 +291,16 @@ def test_type_errors_say_where_the_value_came_from(tmp_path, yaml_text, argv, me
 def test_a_bad_recipe_default_names_the_recipe():
     with pytest.raises(ConfigError, match="learning_rate: must be a number, got 'x' \\(in the recipe's"):
         parse_config((RunArguments, TrainingArguments), [], recipe_defaults={"learning_rate": "x"})
+
+
+def test_greater_is_better_follows_the_projects_rule_unless_set(tmp_path):
+    # transformers' own default would call perplexity and mse higher-is-better.
+    for metric, higher in (("perplexity", False), ("mse", False), ("loss", False), ("accuracy", True)):
+        _, _, args = _parse(tmp_path, BASE + f"metric_for_best_model: {metric}\n")
+        assert args.greater_is_better is higher, metric
+    yaml_text = BASE + "metric_for_best_model: perplexity\ngreater_is_better: true\n"
+    assert _parse(tmp_path, yaml_text)[2].greater_is_better is True  # the config's choice stands
+    assert _parse(tmp_path, BASE)[2].greater_is_better is None
 
 
 def test_convert_reads_values_as_the_command_line_does():

@@ -23,8 +23,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from recipes_lib.config import default_cache_dir
 from recipes_lib.errors import RecipeError
+from recipes_lib.machine_defaults import default_cache_dir
 
 COMPLETE_MARKER = ".complete"
 DIGITS_MARKER = ".digits.json"
