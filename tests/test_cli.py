@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, argument_types, load_recipe
+from conftest import REPO, load_recipe
+from test_config import parse_as_recipe  # as the recipe's build() parses its config
 
 from recipes_lib.commands import build_parser, main
 from recipes_lib.commands.locate import RECIPES_DIR, find_recipe
 from recipes_lib.commands.report import report_row
-from recipes_lib.config import parse_config
 from recipes_lib.errors import RecipeError
 
 RECIPES = sorted(p.parent.name for p in REPO.glob("recipes/*/run.py"))
@@ -213,9 +213,7 @@ def test_readme_command_parses(readme, command, tmp_path):
     argv = words[words.index(run_py) + 1 :]
     if "--help" in argv:
         return
-    parse_config(
-        argument_types(load_recipe(recipe_dir.name)), argv, default_config=recipe_dir / "config.yaml"
-    )
+    parse_as_recipe(recipe_dir.name, argv)  # its own dataclasses, config.yaml and recipe defaults
 
 
 @pytest.mark.parametrize("recipe", ["gpt_clm", "resnet_img"])

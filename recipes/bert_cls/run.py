@@ -73,6 +73,8 @@ TRAINING_DEFAULTS = {
 
 @dataclass
 class ModelArguments:
+    """The pretrained encoder and its tokenizer."""
+
     model_name_or_path: str = field(
         default="bert-base-uncased",
         metadata={"help": "Hub model id or local folder of a pretrained encoder."},
@@ -80,10 +82,12 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     from_scratch: bool = field(default=False, metadata={"help": "Same architecture, random weights."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the Hub repo."})
-    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "Pad every example to max_seq_length instead of per batch."}
-    )
+
+
+@dataclass
+class TaskArguments:
+    """The task: which columns hold the text (and its pair) and the label, and how it is scored."""
+
     text_column: str | None = field(default=None, metadata={"help": "Default: sentence, text or sentence1."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Second text of a pair task."})
     label_column: str | None = field(default=None, metadata={"help": "Default: label."})
@@ -93,6 +97,16 @@ class ModelArguments:
             "help": "Default: accuracy f1 precision recall matthews_correlation (mse pearson spearmanr "
             "for regression). Other names go to evaluate.load."
         },
+    )
+
+
+@dataclass
+class TokenizationArguments:
+    """How texts become token ids: truncation, and padding per batch or to a fixed length."""
+
+    max_seq_length: int = field(default=128, metadata={"help": "Longer inputs are truncated."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every example to max_seq_length instead of per batch."}
     )
 
     def __post_init__(self) -> None:
@@ -120,19 +134,27 @@ def build(argv: list[str] | None = None) -> Setup:
     """Everything up to an untrained Trainer. `recipes sweep` and the benchmarks call this too."""
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
     parsed = parse_config(
-        (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
+        (
+            ModelArguments,
+            TaskArguments,
+            TokenizationArguments,
+            DataArguments,
+            StrategyArguments,
+            RunArguments,
+            TrainingArguments,
+        ),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
         recipe_defaults=TRAINING_DEFAULTS,
     )
-    model_args, data_args, strategy_args, run_args, training_args = parsed
+    model_args, task_args, tokenization_args, data_args, strategy_args, run_args, training_args = parsed
     setup_logging(training_args)
     last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
 
     # ---- Data: Hub dataset or local csv/json/parquet; validation carved from train if missing.
     raw = load_splits(data_args, seed=training_args.seed)
     text_col, pair_col, label_col = detect_text_columns(
-        raw["train"], model_args.text_column, model_args.text_pair_column, model_args.label_column
+        raw["train"], task_args.text_column, task_args.text_pair_column, task_args.label_column
     )
     require_labels(raw, label_col)
     # A test split without labels (or GLUE's -1 placeholders) is predicted, not scored.
@@ -161,13 +183,13 @@ def build(argv: list[str] | None = None) -> Setup:
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_name, trust_remote_code=model_args.trust_remote_code
         )
-    max_length = min(model_args.max_seq_length, tokenizer.model_max_length)
+    max_length = min(tokenization_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess(batch: dict) -> dict:
         texts = [[t or "" for t in batch[text_col]]]  # an empty cell is an empty text
         if pair_col is not None:
             texts.append([t or "" for t in batch[pair_col]])
-        padding = "max_length" if model_args.pad_to_max_length else False
+        padding = "max_length" if tokenization_args.pad_to_max_length else False
         encoded = tokenizer(*texts, truncation=True, max_length=max_length, padding=padding)
         if label_col in batch:
             labels = batch[label_col]
@@ -218,9 +240,9 @@ def build(argv: list[str] | None = None) -> Setup:
 
     # ---- Metrics: computed locally (sklearn/scipy), so they work offline.
     if is_regression:
-        compute_metrics = regression_metrics(model_args.metrics)
+        compute_metrics = regression_metrics(task_args.metrics)
     else:
-        compute_metrics = classification_metrics(len(label_names), model_args.metrics)
+        compute_metrics = classification_metrics(len(label_names), task_args.metrics)
 
     # ---- Trainer: dynamic padding (multiples of 8 let fp16/bf16 use tensor cores).
     collator = DataCollatorWithPadding(

@@ -88,13 +88,41 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
+    """The checkpoint (or its architecture, from scratch) and its memory layout."""
+
     model_name_or_path: str = field(default="microsoft/resnet-50", metadata={"help": "Hub id or folder."})
     from_scratch: bool = field(default=False, metadata={"help": "Same architecture, random weights."})
+    channels_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Convolutions in channels_last memory format (faster on GPUs with bf16). "
+            "Default (null): on when training on a CUDA GPU, off on CPUs."
+        },
+    )
+
+
+@dataclass
+class TaskArguments:
+    """The task: which columns hold the image and the label, and how it is scored."""
+
     image_column: str | None = field(default=None, metadata={"help": "Default: image or img."})
     label_column: str | None = field(default=None, metadata={"help": "Default: label or labels."})
+    metrics: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Default: accuracy f1 precision recall matthews_correlation (+ top5_accuracy with 5+ "
+            "classes). Other names go to evaluate.load."
+        },
+    )
+
+
+@dataclass
+class AugmentationArguments:
+    """Random changes to training images: crops and flips, and beyond them the policies and mixing
+    of torchvision's classification reference recipes (all off by default)."""
+
     min_crop_scale: float = field(default=0.08, metadata={"help": "Smallest crop area fraction in training."})
     horizontal_flip: bool = field(default=True, metadata={"help": "Random left-right flips in training."})
-    # Augmentation and mixing beyond crop and flip (torchvision's classification reference recipes).
     auto_augment: str | None = field(
         default=None,
         metadata={
@@ -118,50 +146,6 @@ class ModelArguments:
             "With mixup_alpha too, one of the two per batch."
         },
     )
-    # Weights, resolution, optimisation.
-    ema_decay: float | None = field(
-        default=None,
-        metadata={
-            "help": "Evaluate and save an exponential moving average of the weights with this decay per "
-            "optimizer step (e.g. 0.9999), starting after warmup. null: off."
-        },
-    )
-    channels_last: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Convolutions in channels_last memory format (faster on GPUs with bf16). "
-            "Default (null): on when training on a CUDA GPU, off on CPUs."
-        },
-    )
-    train_crop_size: int | None = field(
-        default=None, metadata={"help": "Training crop side. Default: the image processor's (eval) crop."}
-    )
-    eval_resize_size: int | None = field(
-        default=None, metadata={"help": "Evaluation resize of the short side, saved in the image processor."}
-    )
-    eval_crop_size: int | None = field(
-        default=None, metadata={"help": "Evaluation center-crop side, saved in the image processor."}
-    )
-    no_decay_on_norm: bool = field(
-        default=False,
-        metadata={
-            "help": "No weight decay on normalization layers (BatchNorm too) and biases. Trainer "
-            "alone exempts biases and LayerNorm only."
-        },
-    )
-    lr_step_epochs: int | None = field(
-        default=None,
-        metadata={
-            "help": "Step decay: learning rate x 0.1 every this many epochs (replaces lr_scheduler_type)."
-        },
-    )
-    metrics: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Default: accuracy f1 precision recall matthews_correlation (+ top5_accuracy with 5+ "
-            "classes). Other names go to evaluate.load."
-        },
-    )
 
     def __post_init__(self) -> None:
         if not 0 < self.min_crop_scale <= 1:
@@ -176,11 +160,60 @@ class ModelArguments:
             raise ValueError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 (0: off)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.9999, got {self.ema_decay}")
-        for key in ("train_crop_size", "eval_resize_size", "eval_crop_size", "lr_step_epochs"):
+
+
+@dataclass
+class ResolutionArguments:
+    """Image sides: the training crop, and the evaluation resize and crop (saved in the image
+    processor, so pipeline() evaluates as the recipe does). Default: the image processor's."""
+
+    train_crop_size: int | None = field(
+        default=None, metadata={"help": "Training crop side. Default: the image processor's (eval) crop."}
+    )
+    eval_resize_size: int | None = field(
+        default=None, metadata={"help": "Evaluation resize of the short side, saved in the image processor."}
+    )
+    eval_crop_size: int | None = field(
+        default=None, metadata={"help": "Evaluation center-crop side, saved in the image processor."}
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("train_crop_size", "eval_resize_size", "eval_crop_size"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+
+
+@dataclass
+class OptimizationArguments:
+    """What torchvision's recipes add to TrainingArguments' optimisation: step decay of the learning
+    rate, no weight decay on normalization layers, and an average of the weights (EMA)."""
+
+    lr_step_epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Step decay: learning rate x 0.1 every this many epochs (replaces lr_scheduler_type)."
+        },
+    )
+    no_decay_on_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "No weight decay on normalization layers (BatchNorm too) and biases. Trainer "
+            "alone exempts biases and LayerNorm only."
+        },
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate and save an exponential moving average of the weights with this decay per "
+            "optimizer step (e.g. 0.9999), starting after warmup. null: off."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lr_step_epochs is not None and self.lr_step_epochs < 1:
+            raise ValueError(f"lr_step_epochs must be a positive integer, got {self.lr_step_epochs}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.9999, got {self.ema_decay}")
 
 
 @dataclass
@@ -290,19 +323,39 @@ def build(argv: list[str] | None = None) -> Setup:
     """Everything up to an untrained Trainer. `recipes sweep` and the benchmarks call this too."""
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
     parsed = parse_config(
-        (ModelArguments, DataArguments, StrategyArguments, RunArguments, TrainingArguments),
+        (
+            ModelArguments,
+            TaskArguments,
+            AugmentationArguments,
+            ResolutionArguments,
+            OptimizationArguments,
+            DataArguments,
+            StrategyArguments,
+            RunArguments,
+            TrainingArguments,
+        ),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
         recipe_defaults=TRAINING_DEFAULTS,
     )
-    model_args, data_args, strategy_args, run_args, training_args = parsed
+    (
+        model_args,
+        task_args,
+        augmentation_args,
+        resolution_args,
+        optimization_args,
+        data_args,
+        strategy_args,
+        run_args,
+        training_args,
+    ) = parsed
     if training_args.remove_unused_columns:
         raise ConfigError(
             "remove_unused_columns: true cannot work here: the transform reads the image column"
         )
-    if model_args.ema_decay is not None and (training_args.deepspeed or training_args.fsdp):
+    if optimization_args.ema_decay is not None and (training_args.deepspeed or training_args.fsdp):
         raise ConfigError("ema_decay works with one process or DDP, not with FSDP or DeepSpeed")
-    if model_args.lr_step_epochs is not None and training_args.warmup_steps > 0:
+    if optimization_args.lr_step_epochs is not None and training_args.warmup_steps > 0:
         raise ConfigError("lr_step_epochs replaces the schedule and has no warmup: set warmup_steps: 0")
     setup_logging(training_args)
     last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
@@ -313,8 +366,8 @@ def build(argv: list[str] | None = None) -> Setup:
         raw = finish_splits(folders, data_args, training_args.seed)
     else:
         raw = load_splits(data_args, seed=training_args.seed)
-    image_col = pick_column(raw["train"].column_names, model_args.image_column, IMAGE_COLUMNS, "image_column")
-    label_col = pick_column(raw["train"].column_names, model_args.label_column, LABEL_COLUMNS, "label_column")
+    image_col = pick_column(raw["train"].column_names, task_args.image_column, IMAGE_COLUMNS, "image_column")
+    label_col = pick_column(raw["train"].column_names, task_args.label_column, LABEL_COLUMNS, "label_column")
     require_labels(raw, label_col)  # an empty label cell: one error naming the row
     # A test split without labels (loose files, or -1 placeholders) is predicted, not scored.
     if "test" in raw and not has_labels(raw["test"], label_col):
@@ -340,18 +393,22 @@ def build(argv: list[str] | None = None) -> Setup:
     # A missing folder or Hub id, or pickle-only weights: one clear error line.
     with loading_model(model_args.model_name_or_path, run_args.allow_pickle_checkpoints):
         image_processor = AutoImageProcessor.from_pretrained(model_args.model_name_or_path)
-    if model_args.eval_resize_size or model_args.eval_crop_size:  # saved with the model: pipeline() agrees
-        set_eval_size(image_processor, model_args.eval_resize_size, model_args.eval_crop_size)
+    if (
+        resolution_args.eval_resize_size or resolution_args.eval_crop_size
+    ):  # saved with the model: pipeline() agrees
+        set_eval_size(image_processor, resolution_args.eval_resize_size, resolution_args.eval_crop_size)
     resize, crop, interpolation = resize_settings(image_processor)
     train_augment = v2.Compose(
         [
             v2.RandomResizedCrop(
-                model_args.train_crop_size or crop,
-                scale=(model_args.min_crop_scale, 1.0),
+                resolution_args.train_crop_size or crop,
+                scale=(augmentation_args.min_crop_scale, 1.0),
                 interpolation=interpolation,
             ),
-            v2.RandomHorizontalFlip(p=0.5 if model_args.horizontal_flip else 0.0),
-            *auto_augment_ops(model_args.auto_augment, model_args.randaugment_magnitude, interpolation),
+            v2.RandomHorizontalFlip(p=0.5 if augmentation_args.horizontal_flip else 0.0),
+            *auto_augment_ops(
+                augmentation_args.auto_augment, augmentation_args.randaugment_magnitude, interpolation
+            ),
         ]
     )
     eval_resize = v2.Compose([v2.Resize(resize, interpolation=interpolation), v2.CenterCrop(crop)])
@@ -363,15 +420,17 @@ def build(argv: list[str] | None = None) -> Setup:
         ]
     )
     # On the normalized tensor, per image: erased pixels become 0, the mean colour.
-    erase = v2.RandomErasing(p=model_args.random_erasing) if model_args.random_erasing > 0 else None
+    erase = (
+        v2.RandomErasing(p=augmentation_args.random_erasing) if augmentation_args.random_erasing > 0 else None
+    )
 
     # MixUp and CutMix mix whole training batches, so the collator (below) applies them; their labels
     # are class probabilities. With both on, one of the two per batch, as torchvision's reference does.
     mixers = []
-    if model_args.mixup_alpha > 0:
-        mixers.append(v2.MixUp(alpha=model_args.mixup_alpha, num_classes=len(label_names)))
-    if model_args.cutmix_alpha > 0:
-        mixers.append(v2.CutMix(alpha=model_args.cutmix_alpha, num_classes=len(label_names)))
+    if augmentation_args.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=augmentation_args.mixup_alpha, num_classes=len(label_names)))
+    if augmentation_args.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=augmentation_args.cutmix_alpha, num_classes=len(label_names)))
     mix = v2.RandomChoice(mixers) if mixers else None
 
     # Trainer's dataloader fetches a whole batch per call, so each image is decoded and augmented
@@ -438,14 +497,14 @@ def build(argv: list[str] | None = None) -> Setup:
         compute_loss = soft_target_loss(training_args.label_smoothing_factor)
     # Optimizer: Trainer's own from optim, learning_rate and weight_decay; no_decay_on_norm regroups it.
     optimizer_factory = None
-    if model_args.no_decay_on_norm:
+    if optimization_args.no_decay_on_norm:
         optimizer_factory = (partial(OptimizerWithoutNormDecay, training_args), {})
 
     # Callbacks: keep the weight average (ema_decay).
     callbacks = []
     ema = None
-    if model_args.ema_decay is not None:
-        ema = WeightEMA(model_args.ema_decay, resume_from=last_checkpoint)
+    if optimization_args.ema_decay is not None:
+        ema = WeightEMA(optimization_args.ema_decay, resume_from=last_checkpoint)
         callbacks.append(ema)
     trainer = Trainer(
         model=model,
@@ -455,7 +514,7 @@ def build(argv: list[str] | None = None) -> Setup:
         processing_class=image_processor,  # saved with the model, so pipeline() preprocesses the same way
         data_collator=collate,
         compute_loss_func=compute_loss,
-        compute_metrics=classification_metrics(len(label_names), model_args.metrics),
+        compute_metrics=classification_metrics(len(label_names), task_args.metrics),
         optimizer_cls_and_kwargs=optimizer_factory,
         callbacks=callbacks,
     )
@@ -463,8 +522,8 @@ def build(argv: list[str] | None = None) -> Setup:
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
     peak_memory = add_run_guards(trainer, strategy_args)
     # Step decay (the ResNet paper, torchvision's V1 recipe) instead of lr_scheduler_type.
-    if model_args.lr_step_epochs is not None:
-        trainer.lr_scheduler = step_decay(trainer, model_args.lr_step_epochs)
+    if optimization_args.lr_step_epochs is not None:
+        trainer.lr_scheduler = step_decay(trainer, optimization_args.lr_step_epochs)
     return Setup(
         trainer=trainer,
         training_args=training_args,
