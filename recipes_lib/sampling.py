@@ -11,8 +11,9 @@ each costs in accuracy.
 `LengthBucketSampler` sorts examples by their length rank within their class (when it is given
 the labels), so every batch holds about the data's class mix, at similar lengths, and serves the
 batches of an epoch in random order. `LengthBucketTrainer` is `transformers.Trainer` with that
-sampler behind `train_sampling_strategy: group_by_length`; every other strategy, and evaluation,
-is Trainer's own.
+sampler behind `train_sampling_strategy: group_by_length`; every other strategy is Trainer's own,
+and evaluation always goes in the dataset's order (Trainer's own groups evaluation batches by
+length too under group_by_length, so its predictions would not line up with the examples).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Iterator, Sequence
 
 import datasets
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer
+from transformers.trainer_utils import has_length
 
 
 class LengthBucketSampler(Sampler[int]):
@@ -119,9 +121,10 @@ def class_labels(dataset: datasets.Dataset, column: str = "labels") -> list[int]
 class LengthBucketTrainer(Trainer):
     """`Trainer` whose `train_sampling_strategy: group_by_length` draws training batches from
     `LengthBucketSampler` (similar lengths, the class mix kept, random batch order) instead of
-    transformers' longest-first `LengthGroupedSampler`. The only override. Lengths come from the
-    `length_column_name` column if the dataset has one, else from the tokenizer's first input;
-    integer `labels` (classification) are kept mixed, float ones (regression) are not used."""
+    transformers' longest-first `LengthGroupedSampler`, and evaluates in the dataset's order under
+    every strategy. Lengths come from the `length_column_name` column if the dataset has one, else
+    from the tokenizer's first input; integer `labels` (classification) are kept mixed, float ones
+    (regression) are not used."""
 
     def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -138,3 +141,11 @@ class LengthBucketTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
             labels=class_labels(dataset),
         )
+
+    def _get_eval_sampler(self, eval_dataset: datasets.Dataset | None) -> Sampler | None:
+        # The strategy is about training batches. Trainer's own would also group evaluation batches
+        # by length; here evaluation goes in order (several processes: each its sequential shard,
+        # put back in order when gathered), so predictions line up with the examples.
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None

@@ -28,6 +28,7 @@ import torch
 import transformers
 import yaml
 from datasets import Dataset
+from torch.utils.data import SequentialSampler
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import (
@@ -358,15 +359,21 @@ def predict(trainer: Trainer, dataset: Dataset, split: str = "eval") -> Predicti
     """Predict `dataset` in its own order, with metrics named `<split>_*` when it has labels.
 
     The metrics are logged (trainer_state.json's log history, TensorBoard), so the curves end
-    with the final evaluation. Every example counts once under several processes.
+    with the final evaluation. Every example counts once under several processes. The order is
+    the Trainer's evaluation order: the dataset's, except in a plain Trainer with
+    `train_sampling_strategy: group_by_length`, which groups evaluation batches by length too;
+    that is refused, as the predictions would not line up with the examples
+    (`recipes_lib.sampling.LengthBucketTrainer` groups training batches only).
     """
-    # group_by_length also reorders evaluation batches; predictions must line up with examples.
-    strategy = trainer.args.train_sampling_strategy
-    trainer.args.train_sampling_strategy = "random"  # evaluation is sequential unless length-grouped
-    try:
-        output = trainer.predict(dataset, metric_key_prefix=split)
-    finally:
-        trainer.args.train_sampling_strategy = strategy
+    sampler = trainer._get_eval_sampler(dataset)
+    if sampler is not None and not isinstance(sampler, SequentialSampler):
+        raise ConfigError(
+            f"{type(trainer).__name__} evaluates in another order than the dataset's "
+            f"({type(sampler).__name__}, from train_sampling_strategy: "
+            f"{trainer.args.train_sampling_strategy}), so predictions would not line up with examples; "
+            "use recipes_lib.sampling.LengthBucketTrainer, or another train_sampling_strategy"
+        )
+    output = trainer.predict(dataset, metric_key_prefix=split)
     output.metrics[f"{split}_samples"] = len(dataset)
     trainer.log(without_timings(output.metrics))
     return output

@@ -56,6 +56,34 @@ def test_single_sentence_classification_learns_and_saves_a_usable_model(tiny_ber
     assert classify("a dull and dreadful plot")[0]["label"] == "negative"
 
 
+def test_predictions_follow_the_dataset_order_under_length_grouped_training(
+    tiny_bert, sentiment_csvs, tmp_path
+):
+    """group_by_length (the recipe's default) groups training batches only: predict() returns every
+    validation example in the dataset's order and leaves the Trainer's arguments as they were; a
+    plain Trainer, whose evaluation batches that strategy would reorder, is refused."""
+    from transformers import Trainer
+
+    from recipes_lib.training import predict
+
+    argv = ["--model_name_or_path", str(tiny_bert), "--train_file", str(sentiment_csvs[0])]
+    argv += ["--validation_file", str(sentiment_csvs[1]), "--output_dir", str(tmp_path / "out"), *TINY]
+    setup = bert_cls.build(argv)
+    trainer, validation = setup.trainer, setup.tokenized["validation"]
+    assert trainer.args.train_sampling_strategy == "group_by_length"
+    lengths = [len(ids) for ids in validation["input_ids"]]
+    assert lengths != sorted(lengths)  # an order that grouping by length would change
+    args_before = trainer.args.to_dict()
+    output = predict(trainer, validation, "eval")
+    assert output.label_ids.tolist() == validation["labels"]  # row i is example i
+    assert trainer.args.to_dict() == args_before
+
+    plain = Trainer(model=trainer.model, args=trainer.args, data_collator=trainer.data_collator)
+    plain.processing_class = trainer.processing_class
+    with pytest.raises(ConfigError, match="would not line up with examples"):
+        predict(plain, validation, "eval")
+
+
 def test_eval_on_start_records_the_metrics_before_fine_tuning(tiny_bert, sentiment_csvs, tmp_path):
     metrics = run(tiny_bert, *sentiment_csvs, tmp_path / "out", "--eval_on_start", "true")
     results = json.loads((tmp_path / "out" / "all_results.json").read_text())
