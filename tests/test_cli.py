@@ -27,14 +27,31 @@ TINY_BERT_ARGS = (
 ).split()
 
 
-def test_list_shows_every_recipe_with_its_configs_and_folder(capsys):
+def test_list_shows_every_recipe_with_its_task_configs_and_folder(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for recipe in RECIPES:
+    for recipe in RECIPES:  # every folder with a run.py (recipes/sft too)
         line = re.search(rf"^{recipe}\s.*$", out, re.M)
         assert line, recipe
         assert line.group(0).endswith(str(RECIPES_DIR / recipe))  # the folder it is in
     assert "mrpc" in out and "eval_accuracy" in out
+    # The task: the first line of run.py's docstring, asides in brackets left out.
+    assert re.search(r"^resnet_img\s+Fine-tune an image classifier, ResNet-50 by default\s", out, re.M)
+    assert "sft" in RECIPES and re.search(r"^sft\s+Instruction tuning of a causal language model", out, re.M)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["study", "--help"], ["sweep", "--help"]])
+def test_help_and_list_answer_without_loading_torch_or_transformers(argv):
+    """`recipes --help` and `recipes list` answer at once: no module imports torch, transformers,
+    datasets or scikit-learn (seconds each) before the answer. Each subcommand imports what it
+    runs on inside the function that runs it."""
+    cmd = [sys.executable, "-X", "importtime", "-m", "recipes_lib.commands", *argv]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage: recipes" in done.stdout or "bert_cls" in done.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "transformers", "datasets", "sklearn"))
+    assert not heavy, f"recipes {' '.join(argv)} imported {heavy[:5]}"
 
 
 def test_the_command_runs_as_a_module_and_names_a_missing_recipe():

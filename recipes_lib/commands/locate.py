@@ -21,10 +21,11 @@ def is_recipe(path: Path) -> bool:
 
 
 def recipe_dirs() -> list[Path]:
-    """Folders under this checkout's recipes/ that hold a run.py and a config.yaml."""
+    """Folders under this checkout's recipes/ that hold a run.py (`recipes list` notes any without
+    a config.yaml)."""
     if not RECIPES_DIR.is_dir():
         return []
-    return sorted(p for p in RECIPES_DIR.iterdir() if is_recipe(p))
+    return sorted(p for p in RECIPES_DIR.iterdir() if (p / "run.py").is_file())
 
 
 def find_recipe(name_or_path: str | Path) -> Path:
