@@ -5,6 +5,12 @@ Every recipe reads its data through `load_splits`: a Hub dataset (`dataset_name`
 Local files win when both are set, so `run.py --train_file my.csv` replaces the YAML's
 Hub dataset without editing it. A validation split is carved from train (seeded) when
 none is given.
+
+GLUE has a key of its own: `glue_task: rte` reads the task from the Hub's `nyu-mll/glue`, or with
+`glue_dir: ~/glue_data` from the classic folder the GLUE download script writes (`RTE/train.tsv`,
+`dev.tsv`, `test.tsv`). Either way the splits come out in the Hub's shape (its column names,
+ClassLabel names and `idx`), so everything after loading is the same. `GLUE_TASKS` is the table
+that says, per task, where the files are and how their columns map: one reader for all nine.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
 from recipes_lib.errors import ConfigError, DataError
 
@@ -42,6 +49,96 @@ PAIR_COLUMNS = [
 SINGLE_COLUMNS = ["sentence", "text"]
 LABEL_COLUMNS = ["label", "labels"]
 
+# How quotes in a .csv/.tsv file are read (`data_quoting`). csv: a field may be enclosed in
+# double quotes, a quote inside doubled (spreadsheets, pandas). none: quotes are text (GLUE's TSVs,
+# whose sentences hold unbalanced quotes). auto: csv for .csv; for .tsv none, unless the file shows
+# CSV quoting (a field enclosed in quotes with doubled quotes inside, or fields that only line up
+# when read as quoted).
+QUOTING = ("auto", "csv", "none")
+# GLUE's test splits label every example with this (ClassLabel -1, STS-B -1.0, "-1" in a CSV).
+PLACEHOLDER_LABELS = frozenset({"-1", "-1.0", ""})
+
+
+@dataclasses.dataclass(frozen=True)
+class GlueTask:
+    """One GLUE task: its files in the classic `glue_data` folder and how they map to the Hub's
+    `nyu-mll/glue` columns, its class names (the Hub's order) and GLUE's metric for it."""
+
+    folder: str  # under glue_dir, as the GLUE download script names it
+    columns: tuple[str, ...]  # the Hub's columns: text (and pair), label, idx
+    label_names: tuple[str, ...]  # the Hub's ClassLabel names; empty: a regression (STS-B)
+    metric: str  # GLUE's metric: the config's metric_for_best_model and expected.metric
+    renamed: tuple[tuple[str, str], ...] = (("index", "idx"),)  # file column -> Hub column
+    without_header: tuple[str, ...] = ()  # the columns of a file with no header row (CoLA)
+    # file names in folder, and the Hub's split names, for train, validation and test
+    files: tuple[str, str, str] = ("train.tsv", "dev.tsv", "test.tsv")
+    hub_splits: tuple[str, str, str] = ("train", "validation", "test")
+    hub_config: str | None = None  # when not the task's own name
+
+
+# MNLI's test split here is its labelled mismatched dev set (MNLI-mm, scored as test_*); GLUE's
+# test files hold no labels. `test_file` replaces it (e.g. MNLI/test_matched.tsv to submit).
+GLUE_TASKS = {
+    "cola": GlueTask(
+        "CoLA",
+        ("sentence", "label", "idx"),
+        ("unacceptable", "acceptable"),
+        "matthews_correlation",
+        without_header=("source", "label", "original_mark", "sentence"),
+    ),
+    "sst2": GlueTask("SST-2", ("sentence", "label", "idx"), ("negative", "positive"), "accuracy"),
+    "mrpc": GlueTask(
+        "MRPC",
+        ("sentence1", "sentence2", "label", "idx"),
+        ("not_equivalent", "equivalent"),
+        "f1",
+        renamed=(
+            ("Quality", "label"),
+            ("#1 String", "sentence1"),
+            ("#2 String", "sentence2"),
+            ("index", "idx"),
+        ),
+    ),
+    "stsb": GlueTask(
+        "STS-B",
+        ("sentence1", "sentence2", "label", "idx"),
+        (),
+        "pearson",
+        renamed=(("score", "label"), ("index", "idx")),
+    ),
+    "qqp": GlueTask(
+        "QQP",
+        ("question1", "question2", "label", "idx"),
+        ("not_duplicate", "duplicate"),
+        "f1",
+        renamed=(("is_duplicate", "label"), ("id", "idx")),
+    ),
+    "mnli": GlueTask(
+        "MNLI",
+        ("premise", "hypothesis", "label", "idx"),
+        ("entailment", "neutral", "contradiction"),
+        "accuracy",
+        renamed=(
+            ("sentence1", "premise"),
+            ("sentence2", "hypothesis"),
+            ("gold_label", "label"),
+            ("index", "idx"),
+        ),
+        files=("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"),
+        hub_splits=("train", "validation_matched", "validation_mismatched"),
+    ),
+    "qnli": GlueTask(
+        "QNLI", ("question", "sentence", "label", "idx"), ("entailment", "not_entailment"), "accuracy"
+    ),
+    "rte": GlueTask(
+        "RTE", ("sentence1", "sentence2", "label", "idx"), ("entailment", "not_entailment"), "accuracy"
+    ),
+    "wnli": GlueTask(
+        "WNLI", ("sentence1", "sentence2", "label", "idx"), ("not_entailment", "entailment"), "accuracy"
+    ),
+}
+GLUE_HUB_DATASET = "nyu-mll/glue"
+
 
 @dataclasses.dataclass
 class DataArguments:
@@ -62,6 +159,28 @@ class DataArguments:
     test_file: str | None = dataclasses.field(default=None, metadata={"help": "Local test file (optional)."})
     data_encoding: str | None = dataclasses.field(
         default=None, metadata={"help": "Text encoding of local files when not UTF-8, e.g. latin-1."}
+    )
+    data_quoting: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "Quotes in .csv/.tsv files: csv (a field in double quotes, inner quotes doubled), "
+            "none (quotes are text, as in GLUE's TSVs) or auto (csv for .csv; none for .tsv unless "
+            "the file shows CSV quoting)."
+        },
+    )
+    glue_task: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": f"A GLUE task ({', '.join(GLUE_TASKS)}): read from glue_dir when set, else from "
+            f"the Hub's {GLUE_HUB_DATASET}, in the Hub's columns and class names."
+        },
+    )
+    glue_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "The classic glue_data folder (CoLA/, SST-2/, MRPC/, ... with train.tsv, dev.tsv, "
+            "test.tsv) that glue_task reads; train_file etc. replace single files of it."
+        },
     )
     validation_split_percentage: float = dataclasses.field(
         default=10.0, metadata={"help": "Percent of train held out for validation when there is no split."}
@@ -84,7 +203,14 @@ class DataArguments:
             raise ValueError(
                 f"validation_split_percentage must be in (0, 100), got {self.validation_split_percentage}"
             )
-        if self.train_file is not None:  # local files replace a Hub dataset set in the YAML
+        if self.data_quoting not in QUOTING:
+            raise ValueError(f"data_quoting must be one of {', '.join(QUOTING)}, got {self.data_quoting!r}")
+        if self.glue_task is not None and self.glue_task not in GLUE_TASKS:
+            raise ValueError(f"glue_task must be one of {', '.join(GLUE_TASKS)}, got {self.glue_task!r}")
+        if self.glue_dir is not None and self.glue_task is None:
+            raise ValueError("glue_dir is read for a glue_task: set glue_task too (e.g. glue_task: rte)")
+        # local files, or a GLUE task, replace a Hub dataset set in the YAML
+        if self.train_file is not None or self.glue_task is not None:
             self.dataset_name = self.dataset_config_name = None
         for key in ("max_train_samples", "max_eval_samples", "preprocessing_num_workers"):
             value = getattr(self, key)
@@ -94,9 +220,11 @@ class DataArguments:
 
 def load_splits(data_args: DataArguments, seed: int = 42) -> DatasetDict:
     """Load `train` and `validation` (and `test` when given) as a DatasetDict."""
-    if data_args.train_file is None and data_args.dataset_name is None:
+    if data_args.train_file is None and data_args.dataset_name is None and data_args.glue_task is None:
         raise ConfigError("no data: set dataset_name (a Hub dataset) or train_file (a local file)")
-    if data_args.train_file is not None:
+    if data_args.glue_task is not None:
+        splits = load_glue(data_args)
+    elif data_args.train_file is not None:
         splits = _load_local(data_args)
     else:
         splits = _load_hub(data_args)
@@ -110,6 +238,11 @@ def _load_local(data_args: DataArguments) -> DatasetDict:
         "test": data_args.test_file,
     }
     files = {split: path for split, path in files.items() if path is not None}
+    return _read_files(files, data_args)
+
+
+def _read_files(files: dict[str, str], data_args: DataArguments, **extra: Any) -> DatasetDict:
+    """Local files, one per split, of one type; `extra` goes to the datasets builder."""
     suffixes = set()
     for split, path in files.items():
         if not Path(path).is_file():
@@ -124,10 +257,16 @@ def _load_local(data_args: DataArguments) -> DatasetDict:
         raise DataError(f"train, validation and test files must be of one type, got {sorted(suffixes)}")
     builder = suffixes.pop()
     kwargs: dict[str, Any] = {}
-    if builder == "csv" and any(p.lower().endswith(".tsv") for p in files.values()):
-        kwargs["sep"] = "\t"
-    if data_args.data_encoding and builder in ("csv", "json", "text"):
+    if builder == "csv":
+        tsv = any(p.lower().endswith(".tsv") for p in files.values())
+        kwargs["sep"] = "\t" if tsv else ","
+        # utf-8-sig reads UTF-8 and drops a byte-order mark before the header (MRPC has one)
+        kwargs["encoding"] = data_args.data_encoding or "utf-8-sig"
+        if not _quoted(files.values(), data_args.data_quoting, kwargs["sep"], kwargs["encoding"]):
+            kwargs["quoting"] = csv.QUOTE_NONE
+    elif data_args.data_encoding and builder in ("json", "text"):
         kwargs["encoding"] = data_args.data_encoding
+    kwargs.update(extra)
     # datasets logs its own ERROR line for a file it cannot read; ours (below) says what to do.
     builder_logger = logging.getLogger(f"datasets.packaged_modules.{builder}.{builder}")
     level = builder_logger.level
@@ -142,16 +281,159 @@ def _load_local(data_args: DataArguments) -> DatasetDict:
 
 
 def _load_hub(data_args: DataArguments) -> DatasetDict:
+    return _hub_dataset(data_args.dataset_name, data_args.dataset_config_name)
+
+
+def _hub_dataset(name: str, config_name: str | None, offline_hint: str | None = None) -> DatasetDict:
     try:
-        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        loaded = load_dataset(name, config_name)
     except Exception as err:
         raise DataError(
-            f"could not load dataset {data_args.dataset_name!r}"
-            f"{'/' + data_args.dataset_config_name if data_args.dataset_config_name else ''}: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Offline? Point train_file "
-            "(and validation_file) at local files instead"
+            f"could not load dataset {name!r}{'/' + config_name if config_name else ''}: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Offline? "
+            f"{offline_hint or 'Point train_file (and validation_file) at local files instead'}"
         ) from err
     return DatasetDict(dict(loaded))
+
+
+# ---- quoting in .csv/.tsv files
+
+# A field enclosed in double quotes with a doubled quote inside: CSV quoting, not text.
+_CSV_QUOTED_FIELD = re.compile(r'^"(?:[^"]|"")*""(?:[^"]|"")*"$')
+
+
+def _quoted(paths: Sequence[str], quoting: str, sep: str, encoding: str) -> bool:
+    """Whether the files are read with CSV quoting (`data_quoting`; auto: see QUOTING)."""
+    if quoting != "auto":
+        return quoting == "csv"
+    return sep == "," or any(_shows_csv_quoting(Path(p), encoding) for p in paths)
+
+
+def _shows_csv_quoting(path: Path, encoding: str, max_lines: int = 5000) -> bool:
+    """A tab-separated file written with CSV quoting (pandas' to_csv(sep="\t") quotes a field that
+    holds a quote, tab or line break): a field in quotes with doubled quotes inside, or lines that
+    line up with the header only when read with quoting. GLUE's files show neither."""
+    with open(path, encoding=encoding, errors="replace", newline="") as f:
+        lines = [line for _, line in zip(range(max_lines), f, strict=False)]
+    if len(lines) == max_lines:
+        lines = lines[:-1]  # a quoted field may go on past the sample's end
+    fields = [line.rstrip("\r\n").split("\t") for line in lines]
+    if any(_CSV_QUOTED_FIELD.match(field) for row in fields for field in row):
+        return True
+    widths = {len(row) for row in fields}
+    if len(widths) <= 1:
+        return False
+    rows = list(csv.reader(lines, delimiter="\t"))
+    return len({len(row) for row in rows}) == 1
+
+
+# ---- GLUE: the Hub's nyu-mll/glue or the classic glue_data folder, in the Hub's shape
+
+
+def load_glue(data_args: DataArguments) -> DatasetDict:
+    """The splits of `glue_task`, from `glue_dir` (or train_file etc.) or else from the Hub, with
+    the Hub's columns (`GlueTask.columns`), ClassLabel names and `idx`."""
+    name = data_args.glue_task
+    task = GLUE_TASKS[name]
+    explicit = (data_args.train_file, data_args.validation_file, data_args.test_file)
+    if data_args.glue_dir is None and all(path is None for path in explicit):
+        loaded = _hub_dataset(
+            GLUE_HUB_DATASET,
+            task.hub_config or name,
+            offline_hint="Set glue_dir to a glue_data folder (CoLA/, SST-2/, ...) instead",
+        )
+        return DatasetDict(
+            {split: loaded[hub] for split, hub in zip(SPLITS, task.hub_splits, strict=True) if hub in loaded}
+        )
+    files = {}
+    folder = Path(data_args.glue_dir).expanduser() / task.folder if data_args.glue_dir else None
+    for split, path, file_name in zip(SPLITS, explicit, task.files, strict=True):
+        if path is None and folder is not None:
+            path = folder / file_name
+            if split == "test" and not path.is_file():
+                continue  # a test file is optional
+            if not path.is_file():
+                raise DataError(
+                    f"no {file_name} for glue_task {name} in {folder}: glue_dir must be the folder that "
+                    f"holds {task.folder}/ (the GLUE download script's glue_data)"
+                )
+        if path is not None:
+            files[split] = str(path)
+    return DatasetDict({split: _glue_split(task, split, path, data_args) for split, path in files.items()})
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def _glue_split(task: GlueTask, split: str, path: str, data_args: DataArguments) -> Dataset:
+    """One classic GLUE file in the Hub's shape. Every cell is read as text, quotes included;
+    train/validation rows without a label (QQP's few short rows) are dropped, as GLUE's own
+    readers do; labels become the Hub's class ids (or floats for STS-B)."""
+    encoding = data_args.data_encoding or "utf-8-sig"
+    with open(path, encoding=encoding, errors="replace") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    renamed = dict(task.renamed)
+    known = set(renamed) | set(task.columns) | set(task.without_header)
+    extra: dict[str, Any] = {"keep_default_na": False}  # "null", "NA", "None" are text in GLUE
+    if not known & set(header):  # CoLA's train and dev files start with an example
+        if not task.without_header:
+            raise DataError(f"{path} has no header row with the columns of GLUE's {task.folder}")
+        header = list(task.without_header)
+        extra.update(header=None, column_names=header)
+    extra["features"] = Features({column: Value("string") for column in header})
+    # Read the file as GLUE publishes it (no CSV quoting) unless data_quoting says otherwise.
+    args = dataclasses.replace(
+        data_args, data_quoting="none" if data_args.data_quoting == "auto" else data_args.data_quoting
+    )
+    ds = _read_files({split: path}, args, **extra)[split]
+    ds = ds.rename_columns({old: new for old, new in renamed.items() if old in ds.column_names})
+    if "idx" not in ds.column_names:  # the Hub numbers CoLA's rows
+        ds = ds.add_column("idx", [str(i) for i in range(len(ds))])
+    missing = [c for c in task.columns if c not in ds.column_names and c != "label"]
+    if missing or (split != "test" and "label" not in ds.column_names):
+        shown = missing or ["label"]
+        raise DataError(
+            f"{path} has no {', '.join(shown)} column for GLUE's {task.folder} (columns: {', '.join(header)})"
+        )
+    ds = ds.select_columns([c for c in task.columns if c in ds.column_names])
+    if "label" in ds.column_names and not has_labels(ds, "label"):
+        ds = ds.remove_columns("label")  # an unlabelled test file
+    if "label" in ds.column_names:
+        labels = ds["label"][:]
+        kept = [i for i, label in enumerate(labels) if label.strip()]
+        if len(kept) < len(labels):
+            logger.warning(
+                "%s: dropped %d row(s) without a label (short rows)", path, len(labels) - len(kept)
+            )
+            ds = ds.select(kept)
+        ids = [_glue_label(task, label, path) for label in labels if label.strip()]
+        feature = Value("float32") if not task.label_names else ClassLabel(names=list(task.label_names))
+        ds = ds.remove_columns("label").add_column("label", ids, feature=feature)
+    idx = ds["idx"][:]
+    if all(v.strip().lstrip("-").isdigit() for v in idx):
+        ds = ds.remove_columns("idx").add_column("idx", [int(v) for v in idx], feature=Value("int32"))
+    return ds.select_columns([c for c in task.columns if c in ds.column_names])
+
+
+def _glue_label(task: GlueTask, label: str, path: str) -> int | float:
+    """A label cell as the Hub stores it: the class id (from a class name, or a number as GLUE's
+    files write 0/1) or the STS-B score."""
+    label = label.strip()
+    try:
+        if not task.label_names:
+            return float(label)
+        if label in task.label_names:
+            return task.label_names.index(label)
+        if 0 <= int(label) < len(task.label_names):
+            return int(label)
+    except ValueError:
+        pass
+    what = (
+        "a number"
+        if not task.label_names
+        else f"one of {', '.join(task.label_names)} (or 0-{len(task.label_names) - 1})"
+    )
+    raise DataError(f"{path}: label {label!r} is not {what}")
 
 
 def _data_error(err: Exception, files: dict[str, str]) -> DataError:
@@ -174,7 +456,9 @@ def _data_error(err: Exception, files: dict[str, str]) -> DataError:
     while root.__cause__ is not None or root.__context__ is not None:
         root = root.__cause__ or root.__context__
     reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
-    return DataError(f"could not read {', '.join(files.values())}: {reason[:300]}")
+    if re.search(r"Expected \d+ fields|EOF inside string", reason):  # a quote opened a quoted field
+        reason += "; quotes inside fields? set data_quoting: none (quotes are text) or csv (quoted fields)"
+    return DataError(f"could not read {', '.join(files.values())}: {reason[:400]}")
 
 
 def _csv_header(path: Path) -> list[str] | None:
@@ -274,10 +558,15 @@ def finish_splits(splits: DatasetDict, data_args: DataArguments, seed: int = 42)
 
 def has_labels(ds: Dataset, label_column: str) -> bool:
     """False when the label column is missing or holds only placeholders: GLUE's test splits
-    label every example -1 (ClassLabel) or -1.0 (STS-B), other sets leave the cells empty."""
+    label every example -1 (ClassLabel), -1.0 (STS-B) or "-1" (a CSV read as text), other sets
+    leave the cells empty. Whatever the training labels' type: a placeholder is not a class."""
     if label_column not in ds.column_names:
         return False
-    return any(v is not None and v != -1 for v in ds.unique(label_column))
+    return any(not _is_placeholder(v) for v in ds.unique(label_column))
+
+
+def _is_placeholder(value: Any) -> bool:
+    return value is None or str(value).strip() in PLACEHOLDER_LABELS
 
 
 def with_label_names(ds: Dataset, columns: Sequence[str], label_names: Sequence[str]) -> Dataset:
@@ -307,7 +596,7 @@ def check_label_sets(splits: DatasetDict, label_column: str) -> None:
         )
     for split in ("validation", "test"):
         if split in splits and label_column in splits[split].column_names:
-            unseen = set(splits[split].unique(label_column)) - train - {-1, None}
+            unseen = {v for v in splits[split].unique(label_column) if not _is_placeholder(v)} - train
             if unseen:
                 shown, known = sorted(name(v) for v in unseen)[:5], sorted(name(v) for v in train)
                 raise DataError(f"{split} labels {shown} never occur in train (train has {known})")
