@@ -164,3 +164,84 @@ def write_answers(
             row["correct_before"] = normalize(answers_before[i]) == normalize(reference)
         lines.append(json.dumps(row, ensure_ascii=False, default=str))
     atomic_write(path, "\n".join(lines) + "\n")
+
+
+class AnswerScorer:
+    """The generated answers of a recipe's evaluation splits, scored at each evaluation.
+
+    `splits` maps a metric prefix ("eval", "test") to that split's `prompts` (token ids),
+    `references` and `shown` prompts (for the predictions file). Each call generates one split's
+    answers and returns `<prefix>_exact_match` (and `_accuracy`, `_f1` over `label_names`).
+    Evaluations during training score a fixed, seeded subset of `max_examples` (None: all), so
+    their cost stays bounded; the evaluation before training (step 0) scores every example, and so
+    does every evaluation after `score_every_example()`, which run.py calls before the final one.
+    The answers of the step-0 evaluation and of the last one that scored every example are kept
+    (`answers_before`, `answers`) for the predictions file.
+    """
+
+    def __init__(
+        self,
+        splits: dict[str, dict[str, list]],
+        label_names: Sequence[str],
+        max_new_tokens: int,
+        stop_ids: list[int],
+        max_examples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.splits = splits
+        self.label_names = list(label_names)
+        self.max_new_tokens = max_new_tokens
+        self.stop_ids = stop_ids
+        self.max_examples = max_examples
+        self.seed = seed
+        self.every_example = False
+        self.answers_before: dict[str, list[str]] = {}
+        self.answers: dict[str, list[str]] = {}
+
+    def score_every_example(self) -> None:
+        """From now on every evaluation scores every example (the final evaluation)."""
+        self.every_example = True
+
+    def subset(self, n: int, step: int) -> list[int]:
+        if self.every_example or step == 0 or self.max_examples is None or self.max_examples >= n:
+            return list(range(n))
+        return sorted(np.random.default_rng(self.seed).choice(n, self.max_examples, replace=False).tolist())
+
+    def __call__(self, trainer: Trainer, prefix: str) -> dict[str, float]:
+        if prefix not in self.splits:
+            return {}
+        split = self.splits[prefix]
+        step = trainer.state.global_step
+        chosen = self.subset(len(split["prompts"]), step)
+        prompts = [split["prompts"][i] for i in chosen]
+        answers = generate_answers(trainer, prompts, self.max_new_tokens, self.stop_ids)
+        if len(chosen) == len(split["prompts"]):
+            (self.answers_before if step == 0 else self.answers)[prefix] = answers
+        references = [split["references"][i] for i in chosen]
+        return answer_metrics(answers, references, self.label_names, prefix)
+
+    def write_predictions(self, path: Path, prefix: str) -> None:
+        """`path` (eval/test_predictions.jsonl): each example's prompt, reference and the answers of
+        the last full scoring, with those before training when the step-0 evaluation scored them."""
+        split = self.splits[prefix]
+        before = self.answers_before.get(prefix)
+        write_answers(path, split["shown"], split["references"], self.answers[prefix], before)
+
+
+class ScoresAnswersAtEvaluation:
+    """Mixed into a Trainer class (`class T(ScoresAnswersAtEvaluation, SFTTrainer)`): every
+    evaluation also generates and scores the answers (`answer_scorer`, an AnswerScorer), inside
+    the evaluation loop, so `eval_accuracy` / `eval_f1` / `eval_exact_match` are logged with the
+    loss at each evaluation and `metric_for_best_model`, `load_best_model_at_end`, early stopping
+    and hyperparameter search can use them. transformers has no hook between the loop's metrics and
+    their use (callbacks' `on_evaluate` runs after early stopping may have read them), hence the
+    subclass."""
+
+    answer_scorer: AnswerScorer | None = None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.answer_scorer is not None:
+            output.metrics.update(self.answer_scorer(self, prefix))
+        return output

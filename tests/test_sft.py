@@ -244,7 +244,7 @@ def test_without_a_chat_template_examples_are_prompt_completion_and_eos(plain_gp
     answer_ids = tokenizer("red", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert example["input_ids"] == prompt_ids + answer_ids
     assert example["labels"] == [IGNORE] * len(prompt_ids) + answer_ids
-    assert setup.answers["validation"]["prompt_ids"][0] == prompt_ids  # asked as it was trained
+    assert setup.answer_scorer.splits["eval"]["prompts"][0] == prompt_ids  # asked as it was trained
 
 
 def test_answer_metrics_score_labels_like_bert_cls_and_count_other_answers_wrong():
@@ -338,6 +338,49 @@ def test_chat_conversations_train_with_early_stopping(chat_gpt2, tmp_path):
     rows = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
     first = json.loads(dev.read_text().splitlines()[0])["messages"]
     assert rows[0]["prompt"] == first[:3] and rows[0]["reference"] == first[3]["content"]
+
+
+def test_every_evaluation_scores_the_answers_and_the_best_checkpoint_is_the_best_answering_one(
+    chat_gpt2, tmp_path
+):
+    """metric_for_best_model: accuracy (generated answers). Accuracy saturates before the loss stops
+    falling, so the checkpoint with the best answers (the first at the top accuracy) is not the one
+    with the lowest loss; that one is reloaded at the end, and early stopping stops on accuracy."""
+    train = write_jsonl(tmp_path / "train.jsonl", color_questions(320, seed=81))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_questions(40, seed=82))
+    out = tmp_path / "out"
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        output_dir=out,
+        num_train_epochs=8,
+        eval_strategy="steps",
+        eval_steps=10,
+        save_strategy="steps",
+        save_steps=10,
+        metric_for_best_model="accuracy",
+        early_stopping_patience=3,
+        generation_eval_max_examples=20,
+    )
+    metrics = sft.main(argv)
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [
+        e for e in state["log_history"] if "eval_loss" in e and e["step"] not in (0, state["global_step"])
+    ]
+    evals = [e for e in state["log_history"] if "eval_accuracy" in e][1:-1]  # during training
+    assert len(evals) >= 4 and all({"eval_accuracy", "eval_f1", "eval_exact_match"} <= set(e) for e in evals)
+    best_by_answers = max(evals, key=lambda e: e["eval_accuracy"])  # max keeps the first of a tie
+    best_by_loss = min(evals, key=lambda e: e["eval_loss"])
+    assert best_by_answers["step"] != best_by_loss["step"], evals
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best_by_answers['step']}")
+    assert state["best_metric"] == pytest.approx(best_by_answers["eval_accuracy"])
+    assert state["global_step"] < 8 * 20  # early stopping ended it before the last epoch
+    # The final evaluation scores every example of the reloaded best checkpoint.
+    assert metrics["eval_accuracy"] >= best_by_answers["eval_accuracy"] - 0.15
+    rows = (out / "eval_predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 40
 
 
 def test_prompt_completion_without_template_trains_lora_and_merges(plain_gpt2, tmp_path):

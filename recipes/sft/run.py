@@ -38,12 +38,11 @@ from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, load_splits, require_columns
 from recipes_lib.errors import ConfigError, DataError, exit_on_error, loading_model
 from recipes_lib.generation import (
+    AnswerScorer,
+    ScoresAnswersAtEvaluation,
     answer_labels,
-    answer_metrics,
     chat_prompt,
     end_of_turn_ids,
-    generate_answers,
-    write_answers,
 )
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
@@ -121,35 +120,50 @@ class ChatDataArguments:
 
 @dataclass
 class GenerationArguments:
-    """The validation answers generated before and after training, and scored."""
+    """The validation answers, generated and scored at every evaluation."""
 
     generation_eval: bool = field(
-        default=True, metadata={"help": "Generate and score every validation answer before and after."}
+        default=True,
+        metadata={
+            "help": "Generate and score the validation answers at every evaluation (before training, "
+            "each eval_strategy evaluation, the final one): eval_accuracy, eval_f1, eval_exact_match."
+        },
+    )
+    generation_eval_max_examples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluations during training score a fixed, seeded subset of this many examples; "
+            "null: all. Before training and the final evaluation always score every example."
+        },
     )
     generation_max_new_tokens: int | None = field(
         default=None, metadata={"help": "Longest generated answer; null: the longest training answer."}
     )
 
     def __post_init__(self) -> None:
-        if self.generation_max_new_tokens is not None and self.generation_max_new_tokens < 1:
-            raise ValueError(f"generation_max_new_tokens must be >= 1, got {self.generation_max_new_tokens}")
+        for key in ("generation_max_new_tokens", "generation_eval_max_examples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
+
+
+class AnswerScoringSFTTrainer(ScoresAnswersAtEvaluation, SFTTrainer):
+    """SFTTrainer whose every evaluation also generates the answers and scores them
+    (recipes_lib.generation), so the best checkpoint and early stopping can go by what the model
+    answers, not only by its loss."""
 
 
 @dataclass
 class Setup:
     """What `build` makes: the Trainer, and what `main` needs after training."""
 
-    trainer: SFTTrainer
+    trainer: AnswerScoringSFTTrainer
     training_args: SFTConfig
     resume_from_checkpoint: str | None
     peak_memory: PeakMemory
     strategy_args: StrategyArguments
-    generation_args: GenerationArguments
     test_examples: Dataset | None  # the test split as SFTTrainer takes it, if there is one
-    answers: dict[str, dict[str, list]]  # validation/test: prompt ids, shown prompts, references
-    label_names: list[str]  # the distinct answers when they are labels, else empty
-    max_new_tokens: int
-    stop_ids: list[int]
+    answer_scorer: AnswerScorer | None  # the answers generated and scored at each evaluation
     model_card: dict[str, Any]
 
 
@@ -316,8 +330,8 @@ def build(argv: list[str] | None = None) -> Setup:
         # ---- Generated answers: each validation/test prompt as the model will be asked, the answer
         # it should give, where an answer stops, how long it may be, and the labels it is scored over.
         answers = {
-            split: {
-                "prompt_ids": [ask(c, tokenizer, use_chat_template) for c in conversations[split]],
+            "eval" if split == "validation" else split: {
+                "prompts": [ask(c, tokenizer, use_chat_template) for c in conversations[split]],
                 "shown": [shown_prompt(c["prompt"], fmt) for c in conversations[split]],
                 "references": [c["completion"][-1]["content"] for c in conversations[split]],
             }
@@ -326,10 +340,18 @@ def build(argv: list[str] | None = None) -> Setup:
         }
     train_references = [c[-1]["content"] for c in conversations["train"]["completion"]]
     others = [r for a in answers.values() for r in a["references"]]
-    label_names = answer_labels(train_references, others)
     stop_ids = end_of_turn_ids(tokenizer, use_chat_template)
     longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in train_references)
-    max_new_tokens = generation_args.generation_max_new_tokens or longest + len(stop_ids)
+    answer_scorer = None
+    if generation_args.generation_eval:
+        answer_scorer = AnswerScorer(
+            answers,
+            label_names=answer_labels(train_references, others),
+            max_new_tokens=generation_args.generation_max_new_tokens or longest + len(stop_ids),
+            stop_ids=stop_ids,
+            max_examples=generation_args.generation_eval_max_examples,
+            seed=training_args.seed,
+        )
 
     # ---- Model: pretrained (a GGUF unpacked to float32 weights, so it trains and saves).
     set_seed(training_args.seed)  # before the LoRA adapters are initialised
@@ -362,7 +384,7 @@ def build(argv: list[str] | None = None) -> Setup:
 
     # ---- Trainer: TRL tokenises, masks, pads per batch (or packs: `packing`) and computes the loss.
     with template_errors():
-        trainer = SFTTrainer(
+        trainer = AnswerScoringSFTTrainer(
             model=model,
             args=training_args,
             train_dataset=examples["train"],
@@ -370,6 +392,7 @@ def build(argv: list[str] | None = None) -> Setup:
             processing_class=tokenizer,
             peft_config=peft_config,
         )
+    trainer.answer_scorer = answer_scorer  # generated answers scored at every evaluation
     # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
     peak_memory = add_run_guards(trainer, strategy_args)
@@ -379,12 +402,8 @@ def build(argv: list[str] | None = None) -> Setup:
         resume_from_checkpoint=last_checkpoint,
         peak_memory=peak_memory,
         strategy_args=strategy_args,
-        generation_args=generation_args,
         test_examples=examples.get("test"),
-        answers=answers,
-        label_names=label_names,
-        max_new_tokens=max_new_tokens,
-        stop_ids=stop_ids,
+        answer_scorer=answer_scorer,
         model_card={
             "finetuned_from": name,
             "dataset": data_args.dataset_name or data_args.train_file,
@@ -435,52 +454,32 @@ def ask(conversation: dict[str, list], tokenizer: PreTrainedTokenizerBase, templ
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup = build(argv)
     trainer, out = setup.trainer, Path(setup.training_args.output_dir)
-    generate = setup.generation_args.generation_eval
-    validation = setup.answers["validation"]
-    answer_args = (setup.max_new_tokens, setup.stop_ids)
+    scorer = setup.answer_scorer
 
-    # ---- Before training: every validation prompt answered, to score beside the answers after.
-    if generate:
-        answers_before = generate_answers(trainer, validation["prompt_ids"], *answer_args)
-
-    # ---- Train, resuming from the last complete checkpoint in output_dir; save the model.
+    # ---- Train, resuming from the last complete checkpoint in output_dir; save the model. Every
+    # evaluation (the one before training included: eval_on_start) gives the loss on the answers'
+    # tokens and the generated answers' scores.
     train_result = trainer.train(resume_from_checkpoint=setup.resume_from_checkpoint)
     trainer.save_model()
     metrics = save_results(trainer, "train", train_metrics(trainer, train_result, setup.peak_memory))
 
-    # ---- Evaluate: the loss on the answers' tokens (and TRL's token accuracy), before and after.
+    # ---- Evaluate every validation example: loss, exact match, and accuracy and F1 when the answers
+    # are labels; the same before training; one line per example in eval_predictions.jsonl.
+    if scorer is not None:
+        scorer.score_every_example()
     eval_metrics = trainer.evaluate()
-    eval_metrics["eval_samples"] = len(validation["references"])
+    eval_metrics["eval_samples"] = len(trainer.eval_dataset)
     eval_metrics |= metrics_before_training(trainer.state.log_history)
-
-    # ---- Generated answers, scored before and after: exact match, and accuracy and F1 when the
-    # answers are labels; one line per example in eval_predictions.jsonl.
-    if generate:
-        answers = generate_answers(trainer, validation["prompt_ids"], *answer_args)
-        scores = answer_metrics(answers, validation["references"], setup.label_names, "eval")
-        scores_before = answer_metrics(answers_before, validation["references"], setup.label_names, "eval")
-        eval_metrics |= scores | {f"{key}_before": value for key, value in scores_before.items()}
-        trainer.log(scores)  # the curves and trainer_state.json end with them
-        if trainer.is_world_process_zero():
-            write_answers(
-                out / "eval_predictions.jsonl",
-                validation["shown"],
-                validation["references"],
-                answers,
-                answers_before,
-            )
+    if scorer is not None and trainer.is_world_process_zero():
+        scorer.write_predictions(out / "eval_predictions.jsonl", "eval")
     metrics |= save_results(trainer, "eval", eval_metrics)
 
-    # ---- Test split, if any: its loss, and its generated answers scored.
+    # ---- Test split, if any: its loss and its generated answers, scored.
     if setup.test_examples is not None:
         test_metrics = trainer.evaluate(setup.test_examples, metric_key_prefix="test")
-        test_metrics["test_samples"] = len(setup.answers["test"]["references"])
-        if generate:
-            test = setup.answers["test"]
-            test_answers = generate_answers(trainer, test["prompt_ids"], *answer_args)
-            test_metrics |= answer_metrics(test_answers, test["references"], setup.label_names, "test")
-            if trainer.is_world_process_zero():
-                write_answers(out / "test_predictions.jsonl", test["shown"], test["references"], test_answers)
+        test_metrics["test_samples"] = len(setup.test_examples)
+        if scorer is not None and trainer.is_world_process_zero():
+            scorer.write_predictions(out / "test_predictions.jsonl", "test")
         metrics |= save_results(trainer, "test", test_metrics)
 
     # ---- LoRA: save the adapters folded into the weights, after evaluating the adapter model.
