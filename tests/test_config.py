@@ -13,6 +13,13 @@ from recipes_lib.commands.sweep import parse_sweep
 from recipes_lib.config import RunArguments, load_yaml, parse_config, resolved_config
 from recipes_lib.data import DataArguments
 from recipes_lib.errors import ConfigError
+from recipes_lib.metrics import (
+    CLASSIFICATION_METRICS,
+    MAIN_METRICS,
+    REGRESSION_METRICS,
+    greater_is_better,
+    metric_base,
+)
 
 SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
 
@@ -121,8 +128,13 @@ def test_every_shipped_config_parses(path):
     assert training_args.output_dir and value["model_name_or_path"]
     if value["expected"] is not None:  # baseline configs say what they should reach and where from
         assert {"metric", "value", "tolerance", "source"} <= set(value["expected"])
-    # The main metric names a metric the recipe reports; sweep and study blocks are valid.
-    assert training_args.metric_for_best_model in ("accuracy", "f1", "pearson", "loss")
+    # The main metric names a metric the recipes report (by recipes_lib.metrics' names), and the
+    # best checkpoint goes by its direction; sweep and study blocks are valid.
+    reported = {*CLASSIFICATION_METRICS, *REGRESSION_METRICS, *MAIN_METRICS}
+    assert metric_base(training_args.metric_for_best_model) in reported
+    assert training_args.greater_is_better is greater_is_better(training_args.metric_for_best_model)
+    if value["expected"] is not None:
+        assert metric_base(value["expected"]["metric"]) in reported
     raw = load_yaml(path)
     if "sweep" in raw:
         spec = parse_sweep(raw["sweep"])
