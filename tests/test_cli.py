@@ -267,3 +267,95 @@ def test_new_copies_of_the_other_recipes_run_from_anywhere(recipe, tmp_path):
         assert results["perplexity"] < results["perplexity_before"] / 2
     else:
         assert results["eval_accuracy"] >= 0.9
+
+
+# ---- recipes demo: progress read from each run's log
+
+# A bert_cls log as `recipes demo` captures it (stdout and stderr to a file; captured from a tiny
+# run with eval_on_start and per-epoch evaluation, shortened): tqdm's bars separated by \r, the
+# evaluation bars below the training bar (ESC[A moves back up), Trainer's logged dicts, and after
+# training an evaluation bar of its own.
+CAPTURED_LOG = (
+    "\rTokenizing train:   0%|          | 0/200 [00:00<?, ? examples/s]"
+    "\rTokenizing train: 100%|██████████| 200/200 [00:00<00:00, 17490.11 examples/s]\n"
+    "\rLoading weights: 100%|██████████| 39/39 [00:00<00:00, 27303.93it/s]\n"
+    "Key               | Status  | \n"
+    "classifier.bias   | MISSING | \n"
+    "\r  0%|          | 0/26 [00:00<?, ?it/s]\n"
+    "\r  0%|          | 0/1 [00:00<?, ?it/s]\x1b[A\r                                      \r\n"
+    "\r                                     \r\x1b[A{'eval_loss': '0.6932', 'eval_accuracy': '0.5', "
+    "'eval_f1': '0', 'eval_runtime': '0.3839', 'eval_samples_per_second': '156.3', 'epoch': 0}\n"
+    "\r  0%|          | 0/26 [00:00<?, ?it/s]\n"
+    "\r100%|██████████| 1/1 [00:00<00:00, 51.50it/s]\x1b[A\n"
+    "\r                                             \x1b[A\r  4%|▍         | 1/26 [00:01<00:39,  1.57s/it]"
+    "\r 15%|█▌        | 4/26 [00:02<00:10,  2.16it/s]\r                                              \r"
+    "{'loss': '0.6903', 'grad_norm': '0.1659', 'learning_rate': '0.0009', 'epoch': '0.3846'}\n"
+    "\r 38%|███▊      | 10/26 [00:02<00:02,  7.20it/s]\r                                               \r"
+    "{'loss': '0.6911', 'grad_norm': '0.3356', 'learning_rate': '0.0007391', 'epoch': '0.7692'}\n"
+)
+CAPTURED_LOG_END = (
+    "\r  0%|          | 0/1 [00:00<?, ?it/s]\x1b[A\r                                               \r\n"
+    "\r                                     \r\x1b[A{'eval_loss': '0.5102', 'eval_accuracy': '0.8', "
+    "'eval_f1': '0.75', 'eval_runtime': '0.0134', 'epoch': '1'}\n"
+    "\r 77%|███████▋  | 20/26 [00:02<00:00,  7.20it/s]\r                                               \r"
+    "{'loss': '0.4896', 'grad_norm': '0.2001', 'learning_rate': '8.696e-05', 'epoch': '1.923'}\n"
+    "\r100%|██████████| 26/26 [00:02<00:00, 18.52it/s]\n"
+    "\r                                    \x1b[A\r                                     \r"
+    "{'train_runtime': '2.692', 'train_samples_per_second': '148.6', 'train_loss': '0.6901', 'epoch': '2'}\n"
+    "\r100%|██████████| 26/26 [00:02<00:00,  9.66it/s]\n"
+    "***** train metrics *****\n"
+    "\r  0%|          | 0/4 [00:00<?, ?it/s]\r100%|██████████| 4/4 [00:00<00:00, 146.91it/s]\n"
+)
+
+
+def test_demo_progress_is_read_from_a_runs_log():
+    from recipes_lib.commands.demo import RunProgress
+
+    progress = RunProgress(preferred="eval_f1")
+    for start in range(0, len(CAPTURED_LOG), 7):  # the log grows in pieces of any size
+        progress.feed(CAPTURED_LOG[start : start + 7])
+    # The training bar (26 steps), not the tokenising, loading or evaluation bars.
+    assert (progress.step, progress.total) == (10, 26)
+    assert progress.loss == pytest.approx(0.6911)
+    assert (progress.metric, progress.value) == ("eval_f1", 0.0)  # the config's main metric
+    assert progress.describe() == "step 10/26 (38%)  loss 0.6911  eval_f1 0"
+
+    progress.feed(CAPTURED_LOG_END)
+    # Training done; the final evaluation's own bar (4 batches) leaves the step count alone.
+    assert (progress.step, progress.total) == (26, 26) and progress.loss == pytest.approx(0.4896)
+    assert progress.value == pytest.approx(0.75)
+    assert progress.describe().startswith("step 26/26, trained: evaluating")
+
+    unnamed = RunProgress()  # without a preferred metric: recipes_lib.metrics' main metric
+    unnamed.feed(CAPTURED_LOG)
+    assert unnamed.metric == "eval_accuracy" and RunProgress().describe().startswith("starting")
+
+
+def test_demo_progress_lines_redraw_on_a_terminal_and_print_now_and_then_elsewhere(tmp_path):
+    import io
+
+    from recipes_lib.commands.demo import ProgressBoard, readable_tail
+
+    log = tmp_path / "bert_cls.log"
+    log.write_text(CAPTURED_LOG, encoding="utf-8")
+    terminal = io.StringIO()
+    board = ProgressBoard(terminal, interactive=True)
+    board.start("bert_cls", log)
+    board.refresh()
+    board.say("=== gpt_clm: started")  # printed above the progress line, which is drawn again
+    drawn = terminal.getvalue()
+    assert "\x1b[1F\x1b[J=== gpt_clm: started\nbert_cls  step 10/26 (38%)  loss 0.6911" in drawn
+    board.finish("bert_cls")
+    assert terminal.getvalue().endswith("\x1b[1F\x1b[J")  # its line cleared
+
+    plain = io.StringIO()
+    board = ProgressBoard(plain, interactive=False, plain_every=0)
+    board.start("bert_cls", log)
+    board.refresh()
+    assert "\x1b" not in plain.getvalue()
+    assert plain.getvalue().startswith("  bert_cls  step 10/26 (38%)  loss 0.6911  eval_accuracy 0.5  [")
+
+    # A failed run's log tail, as a terminal would have shown it: each bar at its last state.
+    log.write_text(CAPTURED_LOG + CAPTURED_LOG_END, encoding="utf-8")
+    tail = readable_tail(log, 2)
+    assert tail == "***** train metrics *****\n100%|██████████| 4/4 [00:00<00:00, 146.91it/s]"
