@@ -324,7 +324,7 @@ def test_demo_progress_is_read_from_a_runs_log():
     # Training done; the final evaluation's own bar (4 batches) leaves the step count alone.
     assert (progress.step, progress.total) == (26, 26) and progress.loss == pytest.approx(0.4896)
     assert progress.value == pytest.approx(0.75)
-    assert progress.describe().startswith("step 26/26, trained: evaluating")
+    assert progress.describe().startswith("step 26/26 trained, evaluating and saving")
 
     unnamed = RunProgress()  # without a preferred metric: recipes_lib.metrics' main metric
     unnamed.feed(CAPTURED_LOG)
@@ -344,7 +344,8 @@ def test_demo_progress_lines_redraw_on_a_terminal_and_print_now_and_then_elsewhe
     board.refresh()
     board.say("=== gpt_clm: started")  # printed above the progress line, which is drawn again
     drawn = terminal.getvalue()
-    assert "\x1b[1F\x1b[J=== gpt_clm: started\nbert_cls  step 10/26 (38%)  loss 0.6911" in drawn
+    line = r"bert_cls +\d+s  step 10/26 \(38%\)  loss 0.6911"  # the time it has run, then its progress
+    assert re.search(r"\x1b\[1F\x1b\[J=== gpt_clm: started\n" + line, drawn)
     board.finish("bert_cls")
     assert terminal.getvalue().endswith("\x1b[1F\x1b[J")  # its line cleared
 
@@ -353,7 +354,7 @@ def test_demo_progress_lines_redraw_on_a_terminal_and_print_now_and_then_elsewhe
     board.start("bert_cls", log)
     board.refresh()
     assert "\x1b" not in plain.getvalue()
-    assert plain.getvalue().startswith("  bert_cls  step 10/26 (38%)  loss 0.6911  eval_accuracy 0.5  [")
+    assert re.fullmatch(f"  {line}  eval_accuracy 0.5\n", plain.getvalue())
 
     # A failed run's log tail, as a terminal would have shown it: each bar at its last state.
     log.write_text(CAPTURED_LOG + CAPTURED_LOG_END, encoding="utf-8")

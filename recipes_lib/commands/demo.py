@@ -239,7 +239,7 @@ class RunProgress:
         if self.step is None or not self.total:
             parts = ["starting (loading, preprocessing)"]
         elif self.step >= self.total:
-            parts = [f"step {self.step}/{self.total}, trained: evaluating"]
+            parts = [f"step {self.step}/{self.total} trained, evaluating and saving"]
         else:
             parts = [f"step {self.step}/{self.total} ({100 * self.step // self.total}%)"]
         if self.loss is not None:
@@ -321,8 +321,8 @@ class ProgressBoard:
     def lines(self) -> list[str]:
         now = time.monotonic()
         width = max(len(name) for name in self.runs) if self.runs else 0
-        return [
-            f"{name:<{width}}  {watched.progress.describe()}  [{_duration(now - watched.started)}]"
+        return [  # the time first: a line cut to the terminal's width loses the end
+            f"{name:<{width}}  {_duration(now - watched.started):>6}  {watched.progress.describe()}"
             for name, watched in self.runs.items()
         ]
 
