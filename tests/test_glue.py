@@ -319,3 +319,32 @@ def test_bert_cls_trains_on_a_classic_glue_folder_with_the_tasks_config(tiny_ber
     predictions = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert [p["idx"] for p in predictions] == list(range(5))
     assert {p["prediction"] for p in predictions} <= {"not_equivalent", "equivalent"}
+
+
+def test_report_prints_the_papers_glue_table_beside_the_published_rows(tmp_path, capsys):
+    """Finished runs (their all_results.json and resolved config) of two tasks, two seeds of one:
+    a row per model with the median in GLUE's metric x100, the average, the published rows."""
+    from recipes_lib.commands import main
+
+    configs = REPO / "recipes" / "bert_cls" / "configs"
+    runs = []
+    finished = [
+        ("mrpc", 1, {"eval_f1": 0.80, "eval_accuracy": 0.7}),
+        ("mrpc", 2, {"eval_f1": 0.90, "eval_accuracy": 0.8}),
+        ("mrpc", 3, {"eval_f1": 0.86, "eval_accuracy": 0.8}),
+        ("cola", 1, {"eval_matthews_correlation": 0.40, "eval_accuracy": 0.75}),
+    ]
+    for task, seed, results in finished:
+        run_dir = tmp_path / f"{task}_{seed}"
+        run_dir.mkdir()
+        config = yaml.safe_load((configs / f"glue_{task}.yaml").read_text())
+        config.pop("sweep")
+        (run_dir / "resolved_config.yaml").write_text(yaml.safe_dump({**config, "seed": seed}))
+        (run_dir / "all_results.json").write_text(json.dumps(results))
+        runs.append(str(run_dir))
+    assert main(["report", "--glue", *runs]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | CoLA | MRPC | average |"
+    assert lines[2] == "| bert-base-uncased | 40 | 86 | 63 |"
+    assert lines[3] == "| BERT-base (published) | 56.3 | 88.6 | 72.45 |"
+    assert lines[4] == "| DistilBERT (published) | 51.3 | 87.5 | 69.4 |"

@@ -4,6 +4,10 @@ Each row is read back from a run folder: `all_results.json`, `resolved_config.ya
 `expected:` block holds the baseline) and `run_info.json` (recipe, config file, hardware). A row's
 metric is the config's `expected.metric`, else the run's main metric by `recipes_lib.metrics`'
 rule (`metric_for_best_model`, else the first of accuracy, Pearson, ..., perplexity it reports).
+
+`recipes report --glue RUN_DIR...` prints the papers' GLUE table instead: one row per model, one
+column per GLUE task in GLUE's metric for it (x100), and their average, beside the published rows
+that the runs' configs carry (`expected.value` for `expected.model`, and `expected.published`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", help="output_dir folders of finished runs")
     p.add_argument("--format", choices=["markdown", "csv"], default="markdown")
     p.add_argument("--output", help="write the table to this file instead of stdout")
+    p.add_argument(
+        "--glue",
+        action="store_true",
+        help="the papers' GLUE table: a row per model, a column per task (its GLUE metric), the average",
+    )
     p.set_defaults(fn=run)
 
 
@@ -52,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         rows = report_rows(args.run_dirs)
     except FileNotFoundError as err:
         raise RecipeError(str(err)) from err
-    text = format_csv(rows) if args.format == "csv" else format_markdown(rows)
+    if args.glue:
+        rows, columns = glue_table(args.run_dirs)
+        text = format_csv(rows, columns) if args.format == "csv" else format_markdown(rows, columns)
+    else:
+        text = format_csv(rows) if args.format == "csv" else format_markdown(rows)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
@@ -133,3 +147,51 @@ def format_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str] = REPORT_C
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def glue_table(run_dirs: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The papers' GLUE table from finished runs: a row per model (the median of its runs on a
+    task, as the papers report medians of seeds), a column per task in GLUE's metric for it, x100,
+    and the average of the tasks shown; then the published rows from the runs' `expected` blocks,
+    averaged over the same tasks. A run's task is its `glue_task` (or the Hub's glue config)."""
+    from recipes_lib.data import GLUE_TASKS  # imports datasets: only for this table
+
+    names = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP"}
+    names |= {"mnli": "MNLI-m", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+    runs: dict[str, dict[str, list[float]]] = {}
+    published: dict[str, dict[str, float]] = {}
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        config_path = run_dir / "resolved_config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        task = config.get("glue_task")
+        if task is None and str(config.get("dataset_name", "")).endswith("glue"):
+            task = config.get("dataset_config_name")
+        if task not in GLUE_TASKS:
+            raise RecipeError(f"{run_dir} is not a GLUE run (no glue_task, no glue dataset_config_name)")
+        results = json.loads((run_dir / "all_results.json").read_text())
+        value = results.get(metric_key(GLUE_TASKS[task].metric))
+        if value is not None:
+            runs.setdefault(str(config.get("model_name_or_path", "")), {}).setdefault(task, []).append(
+                100 * value
+            )
+        expected = config.get("expected") or {}
+        if (
+            expected.get("metric") == metric_key(GLUE_TASKS[task].metric)
+            and expected.get("value") is not None
+        ):
+            published.setdefault(f"{expected.get('model', 'expected')} (published)", {})[task] = (
+                100 * expected["value"]
+            )
+        for model, number in (expected.get("published") or {}).items():
+            published.setdefault(f"{model} (published)", {})[task] = 100 * float(number)
+    tasks = [t for t in GLUE_TASKS if any(t in scores for scores in runs.values())]
+    columns = ["model", *[names[t] for t in tasks], "average"]
+    rows = []
+    for model, scores in [*((m, {t: statistics.median(v) for t, v in s.items()}) for m, s in runs.items()),
+                          *published.items()]:  # fmt: skip
+        row: dict[str, Any] = {"model": model, **{names[t]: scores.get(t) for t in tasks}}
+        shown = [scores[t] for t in tasks if t in scores]
+        row["average"] = sum(shown) / len(shown) if len(shown) == len(tasks) else None
+        rows.append(row)
+    return rows, columns
