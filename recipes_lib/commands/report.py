@@ -96,6 +96,7 @@ def report_row(run_dir: Path) -> dict[str, Any]:
         "config": Path(info["config_file"]).name if info.get("config_file") else "",
         "model": config.get("model_name_or_path", ""),
         "dataset": "/".join(str(config[k]) for k in ("dataset_name", "dataset_config_name") if config.get(k))
+        or (f"GLUE {config['glue_task']}" if config.get("glue_task") else None)
         or config.get("train_file")
         or config.get("train_dir")
         or "",
