@@ -541,6 +541,11 @@ def finish_splits(splits: DatasetDict, data_args: DataArguments, seed: int = 42)
     if "train" not in splits:
         raise DataError(f"the dataset has no 'train' split (splits: {', '.join(splits)})")
     if "validation" not in splits:
+        if len(splits["train"]) < 2:  # train_test_split would fail with a ValueError
+            raise DataError(
+                f"the train split has {len(splits['train'])} example(s): too few to hold out a validation "
+                "split; add examples or give a validation_file"
+            )
         carved = splits["train"].train_test_split(
             test_size=data_args.validation_split_percentage / 100, seed=seed
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, load_recipe
 from fixtures import write_csv
-from fixtures_gpt import build_tiny_gpt2, pattern_lines, write_lines
+from fixtures_gpt import build_tiny_gpt2, color_questions, pattern_lines, write_jsonl, write_lines
 from fixtures_img import build_tiny_resnet, write_colour_folder
 
 from recipes_lib.errors import exit_on_error
@@ -34,6 +34,10 @@ def write(path: Path, text: str | bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return str(path)
+
+
+def jsonl(path: Path, rows: list[dict]) -> str:
+    return str(write_jsonl(path, rows))
 
 
 def pickle_model(tmp: Path) -> str:
@@ -262,6 +266,73 @@ CASES = [
         ["text_column", "'body' not found"],
         lambda t, f: ["--text_column", "body"],
     ),
+    Case(
+        "gpt_clm",
+        "prompt/completion data instead of text",
+        3,
+        ["prompt/completion", "recipes/sft"],
+        lambda t, f: [
+            "--train_file",
+            jsonl(t / "qa.jsonl", [{"prompt": "what color?", "completion": "red"}] * 8),
+        ],
+    ),
+    # ---- sft (instruction tuning)
+    Case(
+        "sft",
+        "neither prompt/completion nor messages columns",
+        3,
+        ["no 'messages' column", "recipes/gpt_clm"],
+        lambda t, f: ["--train_file", jsonl(t / "text.jsonl", [{"text": "just text"}] * 8)],
+    ),
+    Case(
+        "sft",
+        "prompt_template names a missing column",
+        3,
+        ["prompt_template field", "'colour' not found"],
+        lambda t, f: ["--prompt_template", "is it {colour}?"],
+    ),
+    Case(
+        "sft",
+        "one training example and no validation file",
+        3,
+        ["1 example(s)", "validation_file"],
+        lambda t, f: [
+            "--train_file",
+            jsonl(t / "one.jsonl", [{"prompt": "what color?", "completion": "red"}]),
+        ],
+    ),
+    Case(
+        "sft",
+        "empty completion",
+        3,
+        ["empty answer", "what color is the cat?"],
+        lambda t, f: [
+            "--train_file",
+            jsonl(t / "e.jsonl", [{"prompt": "what color is the cat?", "completion": ""}] * 8),
+        ],
+    ),
+    Case(
+        "sft",
+        "a conversation without an assistant turn",
+        3,
+        ["no assistant turn"],
+        lambda t, f: [
+            "--train_file",
+            jsonl(t / "c.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}] * 8),
+        ],
+    ),
+    Case(
+        "sft",
+        "chat data for a tokenizer without a chat template",
+        2,
+        ["chat template", "use_chat_template"],
+        lambda t, f: [
+            "--model_name_or_path",
+            str(f["gpt2"]),
+            "--train_file",
+            jsonl(t / "c.jsonl", [{"messages": [{"role": "assistant", "content": "hi"}]}] * 8),
+        ],
+    ),
     # ---- resnet_img (image classification)
     Case(
         "resnet_img",
@@ -313,6 +384,8 @@ def fixtures(tiny_bert, sentiment_csvs, tmp_path_factory):
         "bert": tiny_bert,
         "sentiment": sentiment_csvs,
         "gpt2": build_tiny_gpt2(root / "gpt2"),
+        "chat_gpt2": build_tiny_gpt2(root / "chat_gpt2", chat=True),
+        "questions": write_jsonl(root / "questions.jsonl", color_questions(16, seed=1)),
         "lines": write_lines(root / "lines.txt", pattern_lines(300, seed=1)),
         "resnet": build_tiny_resnet(root / "resnet", size=32),
         "colours": write_colour_folder(root / "colours", 4, seed=2),
@@ -332,6 +405,10 @@ def base_argv(recipe: str, f: dict) -> list[str]:
     if recipe == "gpt_clm":
         data = ["--train_file", str(f["lines"]), "--block_size", "32"]
         return ["--model_name_or_path", str(f["gpt2"]), *data, *common]
+    if recipe == "sft":  # a user's own config: the shipped config.yaml is the tweets demo
+        config = f["questions"].with_name("sft.yaml")
+        config.write_text(f"model_name_or_path: {f['chat_gpt2']}\ntrain_file: {f['questions']}\n")
+        return ["--config", str(config), *common]
     data = ["--train_dir", str(f["colours"]), "--dataloader_num_workers", "0"]
     return ["--model_name_or_path", str(f["resnet"]), *data, *common]
 
