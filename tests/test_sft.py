@@ -263,6 +263,22 @@ def test_answer_metrics_score_labels_like_bert_cls_and_count_other_answers_wrong
     assert answer_metrics(["a b"], ["A B "], [], "eval") == {"eval_exact_match": 1.0}
 
 
+def test_balance_answers_trains_on_as_many_examples_of_each_label_as_the_rarest_has():
+    from datasets import Dataset
+
+    rows = [{"completion": [{"role": "assistant", "content": label}]} for label in ["neg"] * 50 + ["pos"] * 7]
+    rows += [{"completion": [{"role": "assistant", "content": " Neu "}]}] * 20
+    balanced = sft.balanced_answers(Dataset.from_list(rows), seed=0)
+    answers = [c[-1]["content"].strip().lower() for c in balanced["completion"]]
+    assert sorted(answers) == ["neg"] * 7 + ["neu"] * 7 + ["pos"] * 7
+    assert answers != sorted(answers)  # shuffled, not grouped by label
+    free_text = Dataset.from_list(
+        [{"completion": [{"role": "assistant", "content": f"answer {i}"}]} for i in range(80)]
+    )
+    with pytest.raises(ConfigError, match="balance_answers.*not labels"):
+        sft.balanced_answers(free_text, seed=0)
+
+
 # ---- Each data shape trains; generated answers are scored before and after
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset
 from jinja2 import TemplateError
@@ -43,6 +44,7 @@ from recipes_lib.generation import (
     answer_labels,
     chat_prompt,
     end_of_turn_ids,
+    normalize,
 )
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
@@ -115,6 +117,13 @@ class ChatDataArguments:
     use_chat_template: bool | None = field(
         default=None,
         metadata={"help": "Format with the tokenizer's chat template; null: when it has one."},
+    )
+    balance_answers: bool = field(
+        default=False,
+        metadata={
+            "help": "When the answers are labels: train on as many examples of each as the rarest has "
+            "(a seeded sample of the others), so a few hundred steps do not teach the majority answer."
+        },
     )
 
 
@@ -229,6 +238,22 @@ def shown_prompt(prompt: list[dict[str, str]], fmt: str) -> str | list[dict[str,
     return "\n\n".join(m["content"] for m in turns) if fmt == "prompt_completion" else turns
 
 
+def balanced_answers(train: Dataset, seed: int) -> Dataset:
+    """As many examples of each answer as the rarest answer has, a seeded sample of each, in a
+    seeded order; refused (ConfigError) when the answers are not labels."""
+    answers = [normalize(c[-1]["content"]) for c in train["completion"]]
+    if not answer_labels(answers):
+        raise ConfigError("balance_answers: the training answers are not labels (2 to 50 distinct ones)")
+    rng = np.random.default_rng(seed)
+    by_answer: dict[str, list[int]] = {}
+    for i, answer in enumerate(answers):
+        by_answer.setdefault(answer, []).append(i)
+    n = min(len(indices) for indices in by_answer.values())
+    chosen = [i for indices in by_answer.values() for i in rng.choice(indices, n, replace=False)]
+    logger.info("balance_answers: %d examples of each of %d answers", n, len(by_answer))
+    return train.select(rng.permutation(chosen).tolist())
+
+
 def as_text(example: dict[str, list]) -> dict[str, str]:
     """Without a chat template: TRL's plain prompt/completion, the prompt's turns one per paragraph
     and a line break before the answer (SFTTrainer appends eos to the completion)."""
@@ -304,6 +329,8 @@ def build(argv: list[str] | None = None) -> Setup:
             remove_columns=raw["train"].column_names,
             load_from_cache_file=not data_args.overwrite_cache,
         )
+    if chat_args.balance_answers:
+        conversations["train"] = balanced_answers(conversations["train"], training_args.seed)
     # What SFTTrainer trains on. prompt/completion: the loss on the completion (completion_only_loss).
     # Chat: on every assistant turn; TRL's assistant_only_loss reads a template's generation markers,
     # and for templates without them (most) our own mask goes to TRL as `assistant_masks`.
