@@ -64,26 +64,3 @@ def load_recipe(name: str):
     from recipes_lib.commands.locate import import_recipe
 
     return import_recipe(REPO / "recipes" / name)
-
-
-class _Parsed(Exception):
-    """Stops a recipe's build() right after its parse_config call (see `argument_types`)."""
-
-
-def argument_types(recipe) -> tuple[type, ...]:
-    """The dataclasses a recipe's `build()` parses its config into, in its order (each recipe
-    names its own: ModelArguments, TextArguments, ...): `build` runs with its `parse_config`
-    replaced by one that records them and stops."""
-    seen: list[type] = []
-
-    def record(types, *args, **kwargs):
-        seen.extend(types)
-        raise _Parsed
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(recipe, "parse_config", record)
-        try:
-            recipe.build([])
-        except _Parsed:
-            pass
-    return tuple(seen)

@@ -33,7 +33,7 @@ def parse_as_recipe(recipe_name: str, argv: list[str]) -> tuple:
     """`argv` parsed as the recipe's build() parses it: its own dataclasses (whatever the recipe
     names them), its config.yaml as the default, and its recipe defaults (which a config may need:
     recipes/sft turns TRL's bf16 off on CPUs). build() is stopped right after its parse_config
-    call, before it loads anything. (conftest's `argument_types` gives the dataclasses alone.)"""
+    call, before it loads anything."""
     recipe = load_recipe(recipe_name)  # a fresh module, so the swap below touches nothing else
 
     def parse_and_stop(*args, **kwargs):
