@@ -40,7 +40,7 @@ demo: install
 	$(VENV)/bin/recipes demo --output $(DEMO_OUT)
 	@echo "demo runs and summary.json are in $(DEMO_OUT)"
 
-# Side-by-side benchmarks on the offline assets (about 30 minutes on 2 cores; see BENCHMARKS.md).
+# Side-by-side benchmarks on the offline assets (about 40 minutes on 2 cores; see BENCHMARKS.md).
 # JSON, summary.md and logs go to outputs/bench/, the chart to benchmarks/bench_summary.png.
 # BENCH_ARGS="--wait_idle 600" waits for idle CPUs first; "--only overhead resnet" runs a subset.
 BENCH_ARGS ?=

@@ -1,6 +1,6 @@
 """Run every benchmark with its defaults, then summarise: `make bench` calls this.
 
-    python benchmarks/run_all.py                            # all five, ~30 min on 2 cores
+    python benchmarks/run_all.py                            # all six, ~40 min on 2 cores
     python benchmarks/run_all.py --only overhead resnet     # a subset
     python benchmarks/run_all.py --wait_idle 600            # on a shared machine: wait for idle CPUs first
 
@@ -33,6 +33,7 @@ BENCHMARKS = {  # name (outputs/bench/<name>.json) -> script
     "bert_padding": "bench_bert_padding.py",
     "overhead": "bench_overhead.py",
     "gpt_clm": "bench_gpt_clm.py",
+    "sft": "bench_sft.py",
     "resnet": "bench_resnet.py",
     "preprocessing": "bench_preprocessing.py",
 }
@@ -152,6 +153,10 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
         if "recipe_vs_raw_tokens_per_cpu_second" in r:
             cpu = r["recipe_vs_raw_tokens_per_cpu_second"]
             add("gpt_clm", "tokens per CPU-second recipe / raw loop (LoRA)", cpu)
+    if r := results.get("sft"):
+        ratio = r["recipe_vs_previous_samples_per_second"]
+        claim = f"samples/s SFTTrainer / the hand-written SFT path (median of {len(r['ratios'])} pairs)"
+        add("sft", claim, ratio, ">= 0.95x", ratio >= 0.95)
     if r := results.get("resnet"):
         ratio = r["recipe_vs_raw_images_per_second"]
         pairs = len(r["recipe_vs_raw_per_repeat"])
