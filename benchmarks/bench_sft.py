@@ -70,7 +70,7 @@ def child(args: argparse.Namespace) -> None:
     from recipes_lib.training import add_run_guards
 
     setup = h.build_recipe("sft", recipe_argv(args, args.child))
-    trainer = setup.trainer
+    trainer, peak = setup.trainer, setup.peak_memory
     if args.child == "previous":
         sft_trainer = trainer
         trainer = Trainer(
@@ -80,7 +80,7 @@ def child(args: argparse.Namespace) -> None:
             data_collator=DataCollatorForSeq2Seq(sft_trainer.processing_class, label_pad_token_id=-100),
             processing_class=sft_trainer.processing_class,
         )
-        add_run_guards(trainer, setup.strategy_args)
+        peak = add_run_guards(trainer, setup.strategy_args)
     first: list[str] = []
     samples: list[int] = []
 
@@ -101,6 +101,7 @@ def child(args: argparse.Namespace) -> None:
         "samples_per_second": h.rate(samples, durations, args.warmup),
         "cpu_seconds_per_step": h.median(h.steady(cpu, args.warmup)),
         "train_loss": trainer.state.log_history[-1].get("train_loss"),
+        "training_peak_rss_mb": peak.peak_mb,
     }
     Path(args.child_out).write_text(json.dumps(result))
 
@@ -135,9 +136,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [
         [name, runs[name][0]["trainer"], h.median([r["samples_per_second"] for r in runs[name]])]
         + [h.median([r["cpu_seconds_per_step"] for r in runs[name]])]
+        + [h.median([r["training_peak_rss_mb"] for r in runs[name]])]
         for name in CHILDREN
     ]
-    print(h.markdown_table(["path", "trainer", "samples/s (median)", "CPU s/step (median)"], rows))
+    header = ["path", "trainer", "samples/s (median)", "CPU s/step (median)", "training peak RSS MiB"]
+    print(h.markdown_table(header, rows))
     print(
         f"recipe / previous samples/s: {result['recipe_vs_previous_samples_per_second']:.3f} (pairs: "
         + ", ".join(f"{r:.3f}" for r in ratios)
