@@ -501,7 +501,7 @@ def test_two_processes_generate_every_answer_once(chat_gpt2, tmp_path):
     assert results["eval_exact_match_before"] == pytest.approx(np.mean([r["correct_before"] for r in rows]))
 
 
-def test_sweep_searches_sft_runs_by_their_answer_loss(chat_gpt2, tmp_path):
+def test_sweep_searches_sft_runs_by_their_answer_loss_or_their_answers(chat_gpt2, tmp_path):
     from recipes_lib.commands.sweep import parse_sweep, run_search
 
     train = write_jsonl(tmp_path / "train.jsonl", color_questions(64, seed=71))
@@ -518,6 +518,12 @@ def test_sweep_searches_sft_runs_by_their_answer_loss(chat_gpt2, tmp_path):
     results = run_search(setup.trainer, spec)
     assert results["metric"] == "eval_loss" and len(results["trials"]) == 2
     assert all(np.isfinite(t["value"]) for t in results["trials"])
+    # The generated answers' accuracy as the objective, higher is better.
+    setup = sft.build([*argv, "--output_dir", str(tmp_path / "by_answers")])
+    space = {"learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}}
+    results = run_search(setup.trainer, parse_sweep({"trials": 2, "metric": "accuracy", "space": space}))
+    assert results["metric"] == "eval_accuracy" and results["direction"] == "maximize"
+    assert all(0.0 <= t["value"] <= 1.0 for t in results["trials"])
 
 
 # ---- The real SmolLM2-135M-Instruct learns a labelled task as prompt/completion, with LoRA
