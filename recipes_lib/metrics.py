@@ -165,7 +165,8 @@ def without_timings(metrics: dict[str, Any]) -> dict[str, Any]:
 def classification_metrics(num_labels: int, names: Sequence[str] | None = None) -> ComputeMetrics:
     """accuracy, f1, precision, recall (binary: positive class; multi-class: macro) and MCC.
 
-    With 5 or more classes `top5_accuracy` is added. Unknown names go to `evaluate.load`.
+    With more than 5 classes `top5_accuracy` is added (with 5 or fewer it is always 1). Unknown
+    names go to `evaluate.load`.
     """
     from sklearn.metrics import top_k_accuracy_score
 
@@ -178,7 +179,7 @@ def classification_metrics(num_labels: int, names: Sequence[str] | None = None) 
         refs = np.asarray(pred.label_ids).reshape(-1)
         preds = logits.argmax(-1).reshape(-1)
         out = {name: float(local[name](refs, preds)) for name in names if name in local}
-        if num_labels >= 5 and logits.ndim == 2:
+        if num_labels > 5 and logits.ndim == 2:
             out["top5_accuracy"] = float(top_k_accuracy_score(refs, logits, k=5, labels=range(num_labels)))
         for module in remote.values():
             out.update(_as_floats(module.compute(predictions=preds, references=refs)))

@@ -11,11 +11,13 @@ feeds the `trainable_params` and `total_params` entries of every run's `all_resu
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, TrainingArguments
 
 from recipes_lib.errors import ConfigError
 
@@ -35,12 +37,21 @@ class StrategyArguments:
     lora_target_modules: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Module names to adapt; null: peft's default for the architecture, else every "
-            "Linear/Conv2d layer of the backbone."
+            "help": "Module names to adapt, or [all-linear] for every linear layer but the head; null: "
+            "peft's default for the architecture (BERT: query, value), every linear layer for a decoder "
+            "LM classifier (decoder_classifier_defaults), else every Linear/Conv2d layer of the backbone."
         },
     )
     merge_lora: bool = field(
         default=False, metadata={"help": "Save the adapters merged into the weights (loads without peft)."}
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the task head (classifier, score), which starts from random "
+            "weights; the rest trains at learning_rate. null: learning_rate, except for a decoder LM "
+            "classifier (decoder_classifier_defaults)."
+        },
     )
     freeze_backbone: bool = field(
         default=False,
@@ -58,6 +69,8 @@ class StrategyArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise ValueError(f"head_learning_rate must be > 0, got {self.head_learning_rate}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -103,6 +116,80 @@ def head_modules(model: PreTrainedModel) -> list[str]:
     ]
 
 
+# A decoder LM's head reads one token's hidden state, in which a few dimensions are ~50x the rest
+# (SmolLM2: one of 576 holds most of the norm), and starts from random weights (std 0.02): at a
+# LoRA learning rate of 2e-4 it moves too little in a few dozen steps to undo its random start.
+# 2e-3 is a linear probe's usual rate (measured: recipes/bert_cls/README.md, decoder LMs).
+DECODER_HEAD_LEARNING_RATE = 2e-3
+
+
+def is_decoder_lm(config: PretrainedConfig) -> bool:
+    """Whether `config` is a decoder-only language model (Llama, GPT-2, Qwen, Mistral, ...): one
+    with a causal LM class and no masked LM class (BERT and RoBERTa have both)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    return (
+        config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        and not config.is_encoder_decoder
+    )
+
+
+def decoder_classifier_defaults(strategy: StrategyArguments, learning_rate: float) -> None:
+    """Fill the keys a config left null for a decoder LM with a new classification head: LoRA on
+    every linear layer (peft's default for Llama is q_proj and v_proj alone), and the head at
+    DECODER_HEAD_LEARNING_RATE (or learning_rate, if higher). Called before the resolved config is
+    written, so resolved_config.yaml records the values used."""
+    if strategy.lora_target_modules is None:
+        strategy.lora_target_modules = ["all-linear"]
+    if strategy.head_learning_rate is None:
+        strategy.head_learning_rate = max(DECODER_HEAD_LEARNING_RATE, learning_rate)
+
+
+# Trainer.get_decay_parameter_names' rule: no weight decay on biases and normalisation weights.
+_NO_DECAY = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def head_learning_rate_optimizer(
+    model: nn.Module, args: TrainingArguments, head_learning_rate: float | None
+) -> tuple[type, dict[str, Any]] | None:
+    """Trainer's `optimizer_cls_and_kwargs` for a head that trains at its own learning rate:
+    Trainer's optimizer (`optim`) and weight decay rule, with the head's parameters (head_modules:
+    `score`, `classifier`, ...; under LoRA their trained copies) in param groups at
+    `head_learning_rate`. The schedule (warmup, decay) scales every group alike. None (Trainer's
+    own optimizer) when `head_learning_rate` is None."""
+    if head_learning_rate is None:
+        return None
+    if args.fsdp or args.deepspeed:  # they replace the parameters after this list is made
+        raise ConfigError(
+            "head_learning_rate works with one process or DDP; under FSDP or DeepSpeed set it to null"
+        )
+    from transformers import Trainer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = set(head_modules(base))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    in_head = {n for n, _ in named if heads & set(n.split("."))}
+    if not in_head:
+        raise ConfigError(f"head_learning_rate: no trainable head parameters in {type(base).__name__}")
+    groups = []
+    for head, lr in ((False, args.learning_rate), (True, head_learning_rate)):
+        for decay in (True, False):
+            params = [
+                p
+                for n, p in named
+                if (n in in_head) == head and (_NO_DECAY.search(n.lower()) is None) == decay
+            ]
+            if params:
+                weight_decay = args.weight_decay if decay else 0.0
+                groups.append({"params": params, "lr": lr, "weight_decay": weight_decay})
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls, {**optimizer_kwargs, "params": groups}
+
+
 def freeze_backbone(model: PreTrainedModel) -> None:
     """Train only the head. A language model's head is usually tied to the input embeddings,
     so it gets its own copy (initialised from them) and that copy trains."""
@@ -143,6 +230,8 @@ def add_lora(model: PreTrainedModel, strategy: StrategyArguments, task_type: str
 
     heads = None if task_type == "CAUSAL_LM" else head_modules(model)
     targets = strategy.lora_target_modules or default_lora_targets(model)
+    if targets == ["all-linear"]:  # peft's keyword: every linear layer but the output layer and head
+        targets = "all-linear"
     config = LoraConfig(
         task_type=task_type,
         r=strategy.lora_r,

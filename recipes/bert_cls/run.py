@@ -1,4 +1,4 @@
-"""Fine-tune a BERT-style encoder for text classification or regression (GLUE-style tasks).
+"""Fine-tune a BERT-style encoder (or a decoder LM with a head) for text classification or regression.
 
     accelerate launch recipes/bert_cls/run.py                                  # SST-2, BERT paper settings
     accelerate launch recipes/bert_cls/run.py --config configs/mrpc.yaml       # sentence pairs
@@ -6,8 +6,8 @@
 
 Single sentences or sentence pairs; string or integer labels are classes, float labels mean
 regression (one output, MSE loss). A test split (`test_file`, or a Hub dataset's `test`) is
-predicted after training into test_predictions.jsonl. Keys are the fields below plus
-TrainingArguments.
+predicted after training into test_predictions.jsonl. A decoder LM (Llama, SmolLM2, GPT-2, Qwen)
+works too: its last real token is classified. Keys are the fields below plus TrainingArguments.
 """
 
 from __future__ import annotations
@@ -42,7 +42,14 @@ from recipes_lib.errors import exit_on_error, loading_model
 from recipes_lib.metrics import classification_metrics, logits_of, regression_metrics, softmax
 from recipes_lib.reporting import write_confusion_matrix
 from recipes_lib.sampling import LengthBucketTrainer
-from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
+from recipes_lib.strategies import (
+    StrategyArguments,
+    apply_strategy,
+    decoder_classifier_defaults,
+    head_learning_rate_optimizer,
+    is_decoder_lm,
+    merge_lora_into,
+)
 from recipes_lib.training import (
     PeakMemory,
     add_run_guards,
@@ -77,7 +84,7 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="bert-base-uncased",
-        metadata={"help": "Hub model id or local folder of a pretrained encoder."},
+        metadata={"help": "Hub model id or local folder of a pretrained encoder or decoder LM."},
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's own."})
     from_scratch: bool = field(default=False, metadata={"help": "Same architecture, random weights."})
@@ -149,6 +156,14 @@ def build(argv: list[str] | None = None) -> Setup:
     )
     model_args, task_args, tokenization_args, data_args, strategy_args, run_args, training_args = parsed
     setup_logging(training_args)
+    # A decoder LM backbone (Llama, GPT-2, Qwen): LoRA on every linear layer and the new head at its
+    # own, higher learning rate, where the config leaves them null (written to resolved_config.yaml).
+    with loading_model(model_args.model_name_or_path, run_args.allow_pickle_checkpoints):
+        backbone_config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code
+        )
+    if is_decoder_lm(backbone_config):
+        decoder_classifier_defaults(strategy_args, training_args.learning_rate)
     last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
 
     # ---- Data: Hub dataset or local csv/json/parquet; validation carved from train if missing.
@@ -183,6 +198,8 @@ def build(argv: list[str] | None = None) -> Setup:
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_name, trust_remote_code=model_args.trust_remote_code
         )
+    if tokenizer.pad_token is None:  # decoder LMs (GPT-2, Llama) often have none: pad with eos
+        tokenizer.pad_token = tokenizer.eos_token
     max_length = min(tokenization_args.max_seq_length, tokenizer.model_max_length)
 
     def preprocess(batch: dict) -> dict:
@@ -223,8 +240,12 @@ def build(argv: list[str] | None = None) -> Setup:
             "label2id": {name: i for i, name in enumerate(label_names)},
             "problem_type": "single_label_classification",
         }
+    # pad_token_id: a decoder's head reads the last token that is not padding (left or right).
     config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **label_kwargs
+        model_args.model_name_or_path,
+        trust_remote_code=model_args.trust_remote_code,
+        pad_token_id=tokenizer.pad_token_id,
+        **label_kwargs,
     )
     if model_args.from_scratch:
         model = AutoModelForSequenceClassification.from_config(config)
@@ -259,6 +280,10 @@ def build(argv: list[str] | None = None) -> Setup:
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
+        # The new head at head_learning_rate, the rest at learning_rate (None: Trainer's optimizer).
+        optimizer_cls_and_kwargs=head_learning_rate_optimizer(
+            model, training_args, strategy_args.head_learning_rate
+        ),
     )
     # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
