@@ -393,11 +393,7 @@ def build(argv: list[str] | None = None) -> Setup:
             gguf_file=gguf,
             quantization_config=unpack,
             trust_remote_code=training_args.trust_remote_code,
-            **(
-                {"attn_implementation": model_args.attn_implementation}
-                if model_args.attn_implementation
-                else {}
-            ),
+            attn_implementation=model_args.attn_implementation,  # None: the model's default
         )
     # Saved with the model: pipeline("text-generation") stops where an answer ends.
     model.generation_config.eos_token_id = stop_ids
