@@ -1,0 +1,289 @@
+"""recipes/dpo on TRL's DPOTrainer: the preference loss starts at ln 2, a learnable preference is
+learnt on held-out pairs, LoRA's reference is the same model with its adapters off, early stopping
+on a preference metric, TRL's data shapes, bad input as one line each, and two processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, load_recipe
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, write_jsonl
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from recipes_lib.errors import ConfigError, DataError
+
+dpo = load_recipe("dpo")
+RUN_PY = str(REPO / "recipes" / "dpo" / "run.py")
+COLORS = sorted(set(COLOR_OF.values()))
+
+# No evaluations or checkpoints between the steps, on the CPU, quiet.
+QUIET = {
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+
+
+def tiny_config(tmp_path: Path, **keys: object) -> list[str]:
+    """A user's own minimal config in their own folder (not the recipe's shipped config.yaml)."""
+    values = {
+        "learning_rate": 5e-3,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "num_train_epochs": 2,
+        "max_length": 64,
+        **QUIET,
+        **keys,
+    }
+    path = tmp_path / "my_config.yaml"
+    path.write_text(
+        "".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in values.items())
+    )
+    return ["--config", str(path)]
+
+
+def color_pairs(n: int, seed: int) -> list[dict[str, str]]:
+    """The colour questions as preference pairs: the animal's colour chosen, another colour rejected."""
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["completion"],
+            "rejected": rng.choice([c for c in COLORS if c != r["completion"]]),
+        }
+        for r in color_questions(n, seed)
+    ]
+
+
+@pytest.fixture(scope="module")
+def chat_gpt2(tmp_path_factory):
+    return build_tiny_gpt2(tmp_path_factory.mktemp("chat_gpt2"), n_positions=64, chat=True)
+
+
+def completion_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each sequence's summed log-probability of its answer tokens (completion_mask), by hand."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logps = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token_logps * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+# ---- The loss at step 0, and LoRA's reference
+
+
+def test_lora_starts_at_ln2_and_its_reference_is_the_model_with_adapters_off(chat_gpt2, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=1))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(16, seed=2))
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        use_lora=True,
+        max_steps=3,
+        learning_rate=5e-2,
+        output_dir=tmp_path / "o",
+    )
+    setup = dpo.build(argv)
+    trainer = setup.trainer
+    # A fresh adapter (LoRA B = 0) leaves the policy equal to the reference: loss ln 2, rewards 0.
+    before = trainer.evaluate()
+    assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    for key in ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins"):
+        assert before[key] == pytest.approx(0.0, abs=1e-6), key
+    # No second model: DPOTrainer keeps no ref_model, the base weights exist once.
+    assert trainer.ref_model is None
+    assert not any(isinstance(m, PreTrainedModel) for m in vars(trainer).values() if m is not trainer.model)
+
+    trainer.train()
+    batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(8)])
+    ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+    base = AutoModelForCausalLM.from_pretrained(chat_gpt2)  # the checkpoint, loaded on its own
+    expected = completion_logps(base, batch)
+    torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]), expected, atol=1e-4, rtol=1e-4)
+    # ... while the trained policy has moved away from it.
+    policy = completion_logps(trainer.model.eval(), batch)
+    assert (policy - expected).abs().max() > 1e-2
+
+
+# ---- A learnable preference: held-out rewards/accuracies rises; generated answers scored
+
+
+def test_full_fine_tuning_learns_a_held_out_preference_from_labelled_rows(chat_gpt2, tmp_path):
+    """Labelled rows as pairs (rejected_from_labels): the colour is chosen, another colour rejected.
+    Every weight trains against a frozen copy; the answers are labels, so they are generated and scored."""
+    rows = color_questions(320 + 40, seed=11)
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:320])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[320:])
+    out = tmp_path / "out"
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        chosen_column="completion",
+        rejected_from_labels=True,
+        beta=0.5,  # rewards of the tiny model's few answer tokens: a margin that shows in a few epochs
+        num_train_epochs=4,
+        learning_rate=1e-2,
+        output_dir=out,
+    )
+    metrics = dpo.main(argv)
+    assert metrics["eval_rewards/accuracies_before"] == 0.0 and metrics["eval_loss_before"] == pytest.approx(
+        math.log(2), abs=1e-4
+    )
+    assert metrics["eval_rewards/accuracies"] >= 0.9, metrics
+    assert metrics["eval_rewards/margins"] > 1.0 and metrics["eval_loss"] < 0.3
+    assert "eval_logps/chosen" in metrics and "eval_logps/chosen_before" in metrics
+    assert {"eval_accuracy", "eval_accuracy_before", "eval_f1"} <= set(metrics)  # labels: answers scored
+    predictions = [json.loads(line) for line in (out / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in predictions] == [r["completion"] for r in rows[320:]]
+    assert {"answer", "answer_before", "correct"} <= set(predictions[0])
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert "activation_checkpointing: false" in resolved and "eval_on_start: true" in resolved
+    assert json.loads((out / "all_results.json").read_text())["eval_rewards/accuracies"] == pytest.approx(
+        metrics["eval_rewards/accuracies"]
+    )
+
+
+def test_early_stopping_on_held_out_preference_accuracy(chat_gpt2, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(192, seed=21))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(24, seed=22))
+    out = tmp_path / "out"
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        output_dir=out,
+        num_train_epochs=6,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_strategy="steps",
+        save_steps=4,
+        metric_for_best_model="rewards/accuracies",
+        early_stopping_patience=2,
+        generation_eval=False,
+    )
+    metrics = dpo.main(argv)
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_rewards/accuracies" in e][1:-1]  # during training
+    best = max(evals, key=lambda e: e["eval_rewards/accuracies"])  # max keeps the first of a tie
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    assert state["best_metric"] == pytest.approx(best["eval_rewards/accuracies"])
+    assert state["global_step"] < 6 * 12  # stopped before the last epoch
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(best["eval_rewards/accuracies"])
+    assert "eval_accuracy" not in metrics  # generation_eval: false
+
+
+# ---- TRL's shapes: explicit (strings, conversations) and implicit prompts give the same pairs
+
+
+def test_each_preference_shape_becomes_the_same_tokenised_pair(chat_gpt2, tmp_path):
+    question, good, bad = "what color is the cat in the river?", "red", "blue"
+    user = {"role": "user", "content": question}
+    shapes = {
+        "strings": {"prompt": question, "chosen": good, "rejected": bad},
+        "conversations": {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}],
+        },
+        "implicit": {
+            "chosen": [user, {"role": "assistant", "content": good}],
+            "rejected": [user, {"role": "assistant", "content": bad}],
+        },
+    }
+    prepared = {}
+    for nm, row in shapes.items():
+        train = write_jsonl(tmp_path / f"{nm}.jsonl", [row] * 4)
+        argv = tiny_config(tmp_path, model_name_or_path=chat_gpt2, train_file=train, output_dir=tmp_path / nm)
+        trainer = dpo.build([*argv, "--system_prompt", "be brief"]).trainer
+        example = trainer.train_dataset[0]
+        prepared[nm] = (example["prompt_ids"], example["chosen_ids"], example["rejected_ids"])
+    assert prepared["strings"] == prepared["conversations"] == prepared["implicit"]
+    tokenizer = trainer.processing_class
+    prompt_ids, chosen_ids, rejected_ids = prepared["implicit"]
+    asked = [{"role": "system", "content": "be brief"}, user]
+    assert prompt_ids == tokenizer.apply_chat_template(asked, add_generation_prompt=True, return_dict=False)
+    assert tokenizer.decode(chosen_ids) == "red<|end|>" and tokenizer.decode(rejected_ids) == "blue<|end|>"
+
+
+# ---- Bad input: one line each
+
+
+def test_bad_pairs_get_one_line_naming_them(chat_gpt2, tmp_path):
+    def build(rows: list[dict], **keys: object) -> None:
+        train = write_jsonl(tmp_path / "train.jsonl", rows)
+        dpo.build(
+            tiny_config(
+                tmp_path, model_name_or_path=chat_gpt2, train_file=train, output_dir=tmp_path / "o", **keys
+            )
+        )
+
+    pair = {"prompt": "what color is the cat?", "chosen": "red", "rejected": "blue"}
+    with pytest.raises(DataError, match="no 'chosen' column.*columns: prompt, rejected.*recipes/sft"):
+        build([{"prompt": "q", "rejected": "b"}] * 4)
+    with pytest.raises(DataError, match="no 'rejected' column.*rejected_from_labels"):
+        build([{"prompt": "q", "chosen": "a"}] * 4)
+    with pytest.raises(DataError, match="empty chosen answer"):
+        build([pair] * 3 + [{**pair, "chosen": "  "}])
+    with pytest.raises(DataError, match="empty rejected answer"):
+        build([pair] * 3 + [{**pair, "rejected": ""}])
+    with pytest.raises(DataError, match="chosen and rejected answers are identical.*'red'"):
+        build([pair] * 3 + [{**pair, "rejected": "red"}])
+    long_prompt = {**pair, "prompt": "what color is the cat in the river? " * 8}
+    with pytest.raises(
+        DataError, match=r"1 (train|validation) example\(s\) have a prompt of max_length \(24\) tokens"
+    ):
+        build([pair] * 7 + [long_prompt], max_length=24, validation_split_percentage=40)
+    with pytest.raises(ConfigError, match="rejected_from_labels.*not labels"):
+        build([{"prompt": f"q{i}", "chosen": f"answer {i}"} for i in range(60)], rejected_from_labels=True)
+    with pytest.raises(ConfigError, match="gradient_checkpointing.*activation_checkpointing"):
+        build([pair] * 4, gradient_checkpointing=True)
+
+
+# ---- Two processes: the same loss as one process with the same global batch
+
+
+def test_two_processes_give_the_loss_of_one_with_the_same_global_batch(chat_gpt2, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(64, seed=61))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(10, seed=62))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    losses = {}
+    for processes, batch in ((1, 16), (2, 8)):
+        argv = tiny_config(
+            tmp_path,
+            model_name_or_path=chat_gpt2,
+            train_file=train,
+            validation_file=dev,
+            use_lora=True,
+            per_device_train_batch_size=batch,
+            max_steps=2,
+            logging_steps=1,
+            eval_on_start=False,
+            generation_eval=False,
+            output_dir=tmp_path / f"run{processes}",
+        )
+        if processes == 1:  # in this process: one interpreter start less
+            dpo.main(argv)
+        else:
+            accelerate = str(Path(sys.executable).parent / "accelerate")
+            launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", RUN_PY, *argv]
+            result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr[-3000:]
+        state = json.loads((tmp_path / f"run{processes}" / "trainer_state.json").read_text())
+        losses[processes] = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses[1]) == 2
+    assert losses[2] == pytest.approx(losses[1], abs=1e-4)
