@@ -134,6 +134,32 @@ def image_set(folder: Path, image_column: str, label_column: str, splits: dict[s
     return write_splits(folder, data, features)
 
 
+def ultrafeedback(folder: Path) -> Path:
+    """trl-lib/ultrafeedback_binarized's shape: chosen and rejected conversations that share the user
+    turn (an implicit prompt), their scores; train and test splits."""
+    features = Features(
+        {
+            "chosen": [{"content": Value("string"), "role": Value("string")}],
+            "rejected": [{"content": Value("string"), "role": Value("string")}],
+            "score_chosen": Value("float64"),
+            "score_rejected": Value("float64"),
+        }
+    )
+
+    def columns(n: int, seed: int) -> dict:
+        rows = [line.split(" and ") for line in pattern_lines(n, seed)]
+        user = [{"role": "user", "content": f"continue: {first}"} for first, _ in rows]
+        answers = [{"role": "assistant", "content": rest} for _, rest in rows]
+        return {
+            "chosen": [[u, a] for u, a in zip(user, answers, strict=True)],
+            "rejected": [[u, {"role": "assistant", "content": "no."}] for u in user],
+            "score_chosen": [8.0] * n,
+            "score_rejected": [3.0] * n,
+        }
+
+    return write_splits(folder, {"train": columns(80, 1), "test": columns(12, 2)}, features)
+
+
 # (dataset_name, dataset_config_name) of every shipped Hub config -> a local folder of that shape.
 SHAPES = {
     ("glue", "sst2"): glue_single,
@@ -142,6 +168,7 @@ SHAPES = {
     ("wikitext", "wikitext-2-raw-v1"): wikitext,
     ("beans", None): lambda d: image_set(d, "image", "labels", {"train": 8, "validation": 3, "test": 3}),
     ("cifar10", None): lambda d: image_set(d, "img", "label", {"train": 10, "test": 3}),
+    ("trl-lib/ultrafeedback_binarized", None): ultrafeedback,
 }
 SHIPPED = sorted(REPO.glob("recipes/*/config.yaml")) + sorted(REPO.glob("recipes/*/configs/*.yaml"))
 HUB_CONFIGS = [p for p in SHIPPED if (yaml.safe_load(p.read_text()) or {}).get("dataset_name")]
@@ -154,6 +181,7 @@ def tiny_models(tmp_path_factory, tiny_bert):
         "bert_cls": tiny_bert,
         "gpt_clm": build_tiny_gpt2(root / "gpt2"),
         "resnet_img": build_tiny_resnet(root / "resnet", size=32),
+        "dpo": build_tiny_gpt2(root / "chat_gpt2", chat=True),
     }
 
 
@@ -187,6 +215,9 @@ def test_shipped_hub_config_runs_on_a_local_copy_of_its_dataset(path, tiny_model
     out = tmp_path / "out"
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    if recipe == "dpo":  # UltraFeedback's test split: preference metrics, no labels to generate
+        assert 0 <= results["test_rewards/accuracies"] <= 1 and "eval_rewards/accuracies_before" in results
+        return
     if recipe == "gpt_clm":
         assert results["test_perplexity"] > 1  # WikiText's test split is labelled text: scored
         return
