@@ -287,3 +287,37 @@ def test_two_processes_give_the_loss_of_one_with_the_same_global_batch(chat_gpt2
         losses[processes] = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert len(losses[1]) == 2
     assert losses[2] == pytest.approx(losses[1], abs=1e-4)
+
+
+# ---- SFT, then DPO: an sft output folder (a LoRA adapter) as the start, merged or continued
+
+
+def test_an_sft_adapter_folder_is_the_start_and_the_reference(chat_gpt2, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    # An sft output: a trained (here: randomly initialised, non-zero) adapter and the tokenizer.
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(chat_gpt2)
+    adapter = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False))
+    sft_out = tmp_path / "sft_out"
+    adapter.save_pretrained(sft_out)
+    AutoTokenizer.from_pretrained(chat_gpt2).save_pretrained(sft_out)
+    sft_model = adapter.merge_and_unload().eval()
+
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(24, seed=3))
+    for keys in ({"use_lora": True}, {"continue_adapter": True}):
+        argv = tiny_config(
+            tmp_path, model_name_or_path=sft_out, train_file=train, output_dir=tmp_path / "o", **keys
+        )
+        trainer = dpo.build(argv).trainer
+        assert trainer.ref_model is None  # adapters off (merged + new LoRA) or TRL's "ref" adapter copy
+        batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(len(trainer.eval_dataset))])
+        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.model, batch)
+        # The reference is the SFT model (base + its adapter), not the base checkpoint.
+        expected = completion_logps(sft_model, batch)
+        torch.testing.assert_close(torch.cat([ref_chosen, ref_rejected]), expected, atol=1e-4, rtol=1e-4)
+        assert (
+            completion_logps(AutoModelForCausalLM.from_pretrained(chat_gpt2), batch) - expected
+        ).abs().max() > 1e-3
+        assert trainer.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
