@@ -116,10 +116,10 @@ def head_modules(model: PreTrainedModel) -> list[str]:
     ]
 
 
-# A decoder LM's head reads one token's hidden state, in which a few dimensions are ~50x the rest
-# (SmolLM2: one of 576 holds most of the norm), and starts from random weights (std 0.02): at a
-# LoRA learning rate of 2e-4 it moves too little in a few dozen steps to undo its random start.
-# 2e-3 is a linear probe's usual rate (measured: recipes/bert_cls/README.md, decoder LMs).
+# A decoder LM's head is new (random, std 0.02) and reads one token's hidden state, whose scale is
+# set by the final norm (SmolLM2: rms ~1.6, one of 576 dimensions ~33 and ~40% of the squared
+# norm): at a LoRA learning rate of 2e-4 it moves too little in a few dozen steps to undo its
+# random start. 2e-3, a linear probe's rate, fixes that (recipes/bert_cls/README.md, decoder LMs).
 DECODER_HEAD_LEARNING_RATE = 2e-3
 
 
