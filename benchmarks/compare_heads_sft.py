@@ -13,7 +13,8 @@ shipped, each from a config this script writes beside its run:
     the zero-shot row
 Accuracy and macro-F1 on the 60 held-out tweets; parameters, train time, peak memory and examples/s
 from each run's all_results.json. Prints a markdown table and writes it to <output>/table.md.
-About 15-30 minutes on 2 CPU cores (the SmolLM2 runs take most of it).
+The SmolLM2 runs take most of the time: ~7 minutes each on 2 CPU cores at load ~5, ~30 minutes
+each on the shared machine that measured the README's table (load 7-11).
 """
 
 from __future__ import annotations
