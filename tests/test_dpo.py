@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -255,38 +252,6 @@ def test_bad_pairs_get_one_line_naming_them(chat_gpt2, tmp_path):
 
 
 # ---- Two processes: the same loss as one process with the same global batch
-
-
-def test_two_processes_give_the_loss_of_one_with_the_same_global_batch(chat_gpt2, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(64, seed=61))
-    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(10, seed=62))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    losses = {}
-    for processes, batch in ((1, 16), (2, 8)):
-        argv = tiny_config(
-            tmp_path,
-            model_name_or_path=chat_gpt2,
-            train_file=train,
-            validation_file=dev,
-            use_lora=True,
-            per_device_train_batch_size=batch,
-            max_steps=2,
-            logging_steps=1,
-            eval_on_start=False,
-            generation_eval=False,
-            output_dir=tmp_path / f"run{processes}",
-        )
-        if processes == 1:  # in this process: one interpreter start less
-            dpo.main(argv)
-        else:
-            accelerate = str(Path(sys.executable).parent / "accelerate")
-            launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", RUN_PY, *argv]
-            result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True)
-            assert result.returncode == 0, result.stderr[-3000:]
-        state = json.loads((tmp_path / f"run{processes}" / "trainer_state.json").read_text())
-        losses[processes] = [e["loss"] for e in state["log_history"] if "loss" in e]
-    assert len(losses[1]) == 2
-    assert losses[2] == pytest.approx(losses[1], abs=1e-4)
 
 
 # ---- SFT, then DPO: an sft output folder (a LoRA adapter) as the start, merged or continued
