@@ -189,8 +189,8 @@ def glue_table(run_dirs: Iterable[Path]) -> tuple[list[dict[str, Any]], list[str
     tasks = [t for t in GLUE_TASKS if any(t in scores for scores in runs.values())]
     columns = ["model", *[names[t] for t in tasks], "average"]
     rows = []
-    for model, scores in [*((m, {t: statistics.median(v) for t, v in s.items()}) for m, s in runs.items()),
-                          *published.items()]:  # fmt: skip
+    medians = {model: {t: statistics.median(v) for t, v in s.items()} for model, s in runs.items()}
+    for model, scores in [*medians.items(), *published.items()]:
         row: dict[str, Any] = {"model": model, **{names[t]: scores.get(t) for t in tasks}}
         shown = [scores[t] for t in tasks if t in scores]
         row["average"] = sum(shown) / len(shown) if len(shown) == len(tasks) else None
