@@ -63,6 +63,44 @@ def color_questions(n: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
+# No evaluations or checkpoints between the steps, on the CPU, quiet.
+QUIET = {
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+
+
+def tiny_config(tmp_path: Path, **keys: object) -> list[str]:
+    """A user's own minimal config in their own folder (not the recipe's shipped config.yaml), as
+    the arguments that run it: the tiny models learn from random init, so a large learning rate and
+    a few epochs, full fine-tuning. `keys` add to or replace these settings."""
+    values = {
+        "learning_rate": 5e-3,
+        "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 32,
+        "num_train_epochs": 4,
+        **QUIET,
+        **keys,
+    }
+    path = tmp_path / "my_config.yaml"
+    path.write_text(
+        "".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in values.items())
+    )
+    return ["--config", str(path)]
+
+
+def flags(**settings: object) -> list[str]:
+    """Command-line arguments: --key value for each setting, in order (booleans as true/false)."""
+    return [
+        t
+        for key, value in settings.items()
+        for t in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, write_jsonl
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, tiny_config, write_jsonl
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from recipes_lib.errors import ConfigError, DataError
@@ -20,33 +19,6 @@ from recipes_lib.errors import ConfigError, DataError
 dpo = load_recipe("dpo")
 RUN_PY = str(REPO / "recipes" / "dpo" / "run.py")
 COLORS = sorted(set(COLOR_OF.values()))
-
-# No evaluations or checkpoints between the steps, on the CPU, quiet.
-QUIET = {
-    "eval_strategy": "no",
-    "save_strategy": "no",
-    "use_cpu": True,
-    "report_to": "none",
-    "disable_tqdm": True,
-}
-
-
-def tiny_config(tmp_path: Path, **keys: object) -> list[str]:
-    """A user's own minimal config in their own folder (not the recipe's shipped config.yaml)."""
-    values = {
-        "learning_rate": 5e-3,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "num_train_epochs": 2,
-        "max_length": 64,
-        **QUIET,
-        **keys,
-    }
-    path = tmp_path / "my_config.yaml"
-    path.write_text(
-        "".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in values.items())
-    )
-    return ["--config", str(path)]
 
 
 def color_pairs(n: int, seed: int) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, write_jsonl
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, tiny_config, write_jsonl
 from sklearn.metrics import f1_score
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
@@ -27,43 +27,6 @@ from recipes_lib.generation import answer_metrics, end_of_turn_ids
 sft = load_recipe("sft")
 RUN_PY = str(REPO / "recipes" / "sft" / "run.py")
 IGNORE = -100
-
-
-def flags(**settings: object) -> list[str]:
-    """Command-line arguments: --key value for each setting, in order (booleans as true/false)."""
-    return [
-        t
-        for key, value in settings.items()
-        for t in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
-    ]
-
-
-# No evaluations or checkpoints between the steps, on the CPU, quiet.
-QUIET = {
-    "eval_strategy": "no",
-    "save_strategy": "no",
-    "use_cpu": True,
-    "report_to": "none",
-    "disable_tqdm": True,
-}
-
-
-def tiny_config(tmp_path: Path, **keys: object) -> list[str]:
-    """A user's own minimal config in their own folder (not the recipe's shipped config.yaml): the
-    tiny models learn from random init, so a large learning rate and a few epochs, full fine-tuning."""
-    values = {
-        "learning_rate": 5e-3,
-        "per_device_train_batch_size": 16,
-        "per_device_eval_batch_size": 32,
-        "num_train_epochs": 4,
-        **QUIET,
-        **keys,
-    }
-    path = tmp_path / "my_config.yaml"
-    path.write_text(
-        "".join(f"{k}: {json.dumps(str(v) if isinstance(v, Path) else v)}\n" for k, v in values.items())
-    )
-    return ["--config", str(path)]
 
 
 @pytest.fixture(scope="module")
