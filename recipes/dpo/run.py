@@ -53,6 +53,7 @@ from recipes_lib.training import (
     PeakMemory,
     add_run_guards,
     finish_run,
+    fused_head_on_answer_tokens,
     metrics_before_training,
     prepare_output_dir,
     save_results,
@@ -406,7 +407,9 @@ def build(argv: list[str] | None = None) -> Setup:
     if strategy_args.freeze_backbone:
         model = apply_strategy(model, strategy_args, task_type="CAUSAL_LM")
 
-    # ---- Trainer: TRL tokenises, pads per batch and computes the preference loss.
+    # ---- Trainer: TRL tokenises, pads per batch and computes the preference loss (on a CPU over
+    # the answer tokens only, as on a GPU).
+    fused_head_on_answer_tokens(training_args)
     with template_errors():
         trainer = AnswerScoringDPOTrainer(
             model=model,
