@@ -55,8 +55,10 @@ MAIN_METRICS = (
 SPLIT_PREFIXES = ("eval_", "test_", "predict_", "train_")
 # Metrics the recipes write without a prefix for the validation split: gpt_clm's `perplexity`.
 UNPREFIXED = frozenset({"perplexity"})
+# Zero-shot benchmark scores (recipes_lib.general_eval), unprefixed: `general_piqa`.
+GENERAL = "general_"
 BEFORE = "_before"  # the same metric evaluated before training (eval_on_start)
-_NOT_METRICS = re.compile(r"(_runtime|_per_second|_samples)$|^(epoch|step|total_flos)$")
+_NOT_METRICS = re.compile(r"(_runtime|_per_second|_samples|_delta|_stderr)$|^(epoch|step|total_flos)$")
 
 
 def metric_base(metric: str) -> str:
@@ -78,8 +80,8 @@ def greater_is_better(metric: str) -> bool:
 
 def metric_key(name: str) -> str:
     """The key of a validation metric in Trainer's metrics and all_results.json: `accuracy` ->
-    `eval_accuracy`; prefixed names and the unprefixed `perplexity` stay as they are."""
-    if name.startswith(SPLIT_PREFIXES) or metric_base(name) in UNPREFIXED:
+    `eval_accuracy`; prefixed names, the unprefixed `perplexity` and `general_<task>` stay as they are."""
+    if name.startswith((*SPLIT_PREFIXES, GENERAL)) or metric_base(name) in UNPREFIXED:
         return name
     return f"eval_{name}"
 

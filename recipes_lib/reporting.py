@@ -73,9 +73,9 @@ def plot_training_curves(
     log_history: Sequence[dict[str, Any]], path: Path, args: TrainingArguments | None = None
 ) -> Path | None:
     """The losses and the main eval metric over steps, as lines, with the evaluation before
-    training (step 0) and the final one marked and labelled. Two panels at most: the main metric
-    (`metric_for_best_model`, else `recipes_lib.metrics.main_metric`'s) gets its own unless it is
-    a loss."""
+    training (step 0) and the final one marked and labelled. The main metric
+    (`metric_for_best_model`, else `recipes_lib.metrics.main_metric`'s) gets its own panel unless it
+    is a loss, and the zero-shot benchmark scores (`general_eval`) theirs."""
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     evals = [e for e in log_history if "eval_loss" in e and "step" in e]
     logged = {k for e in log_history for k in e if metric_base(k) != "loss"}
@@ -89,6 +89,10 @@ def plot_training_curves(
         panels.append(
             (main, [(main, [(e["step"], e[main]) for e in log_history if main in e and "step" in e])])
         )
+    general = sorted({k for e in log_history for k in e if k.startswith("general_")})
+    if general:  # zero-shot benchmark scores (general_eval): before and after training
+        points = {k: [(e["step"], e[k]) for e in log_history if k in e and "step" in e] for k in general}
+        panels.append(("general ability (zero-shot accuracy)", [(k, points[k]) for k in general]))
     if not panels:
         return None
     plt = pyplot()

@@ -448,7 +448,7 @@ def finish_run(trainer: Trainer, metrics: dict[str, Any], model_card: dict[str, 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
     """The run's final metrics as a two-column table on stdout."""
-    prefixes = ("eval_", "test_", "perplexity")
+    prefixes = ("eval_", "test_", "perplexity", "general_")
     shown = without_timings({k: v for k, v in metrics.items() if k.startswith(prefixes) or k == "train_loss"})
     width = max((len(k) for k in shown), default=6)
     rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]

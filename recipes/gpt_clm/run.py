@@ -39,6 +39,7 @@ from transformers import (
 from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, load_splits, require_columns
 from recipes_lib.errors import DataError, exit_on_error, loading_model
+from recipes_lib.general_eval import GeneralEval, GeneralEvalArguments
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
 from recipes_lib.training import (
     PeakMemory,
@@ -116,6 +117,7 @@ class Setup:
     sample_args: SampleArguments
     blocks: DatasetDict  # every split packed into block_size blocks
     max_positions: int  # the model's context: samples stay within it
+    general: GeneralEval  # zero-shot tasks (general_eval) scored before and after training
     model_card: dict[str, Any]
 
 
@@ -156,6 +158,7 @@ def build(argv: list[str] | None = None) -> Setup:
             SampleArguments,
             DataArguments,
             StrategyArguments,
+            GeneralEvalArguments,
             RunArguments,
             TrainingArguments,
         ),
@@ -163,7 +166,9 @@ def build(argv: list[str] | None = None) -> Setup:
         default_config=Path(__file__).with_name("config.yaml"),
         recipe_defaults=TRAINING_DEFAULTS,
     )
-    model_args, text_args, sample_args, data_args, strategy_args, run_args, training_args = parsed
+    model_args, text_args, sample_args, data_args, strategy_args, general_args, run_args, training_args = (
+        parsed
+    )
     setup_logging(training_args)
     last_checkpoint = prepare_output_dir(training_args, run_args, *parsed)
 
@@ -242,6 +247,9 @@ def build(argv: list[str] | None = None) -> Setup:
     # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
     peak_memory = add_run_guards(trainer, strategy_args)
+    # General ability: the general_eval tasks scored zero-shot as training starts (and after it).
+    general = GeneralEval(general_args, tokenizer)
+    general.attach(trainer)
     return Setup(
         trainer=trainer,
         training_args=training_args,
@@ -251,6 +259,7 @@ def build(argv: list[str] | None = None) -> Setup:
         sample_args=sample_args,
         blocks=blocks,
         max_positions=max_positions,
+        general=general,
         model_card={
             "finetuned_from": None if model_args.from_scratch else name,
             "dataset": data_args.dataset_name or data_args.train_file,
@@ -327,6 +336,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     samples_after = continue_prompts(trainer, prompts, *sample_length)
     if prompts and trainer.is_world_process_zero():
         write_samples(out / "samples.jsonl", prompts, samples_before, samples_after)
+
+    # ---- General ability (general_eval): the zero-shot scores now, beside step 0's, and the deltas.
+    if setup.general:
+        metrics |= save_results(trainer, "general", setup.general.after_training(trainer))
 
     # ---- LoRA: save the adapters folded into the weights, after evaluating the adapter model.
     if setup.strategy_args.merge_lora and trainer.is_world_process_zero():

