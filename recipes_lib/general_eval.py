@@ -348,13 +348,18 @@ def choice_log_likelihoods(
     chat_template: bool = False,
     batch_size: int = 16,
     bf16: bool = False,
+    stats: dict[str, int] | None = None,
 ) -> list[list[float]]:
-    """The summed log-probability of each choice's continuation tokens, per example."""
+    """The summed log-probability of each choice's continuation tokens, per example. `stats`, when
+    given, counts the `tokens` run through the model (prompts once, choices, no padding)."""
     import contextlib
 
     import torch
 
     units = _units(examples, tokenizer, chat_template)
+    if stats is not None:
+        tokens = sum(len(u.context) + sum(map(len, u.continuations)) for u in units)
+        stats["tokens"] = stats.get("tokens", 0) + tokens
     order = sorted(
         range(len(units)), key=lambda u: -len(units[u].context) - sum(map(len, units[u].continuations))
     )
@@ -421,7 +426,7 @@ class GeneralEval:
         return bool(self.tasks)
 
     def score_model(
-        self, model: PreTrainedModel, rank: int = 0, world_size: int = 1
+        self, model: PreTrainedModel, rank: int = 0, world_size: int = 1, stats: dict[str, int] | None = None
     ) -> dict[str, tuple[int, int]]:
         """(right, total) per task over this process's share of the examples."""
         counts = {}
@@ -434,6 +439,7 @@ class GeneralEval:
                 self.chat_template,
                 self.args.general_eval_batch_size,
                 self.bf16,
+                stats,
             )
             counts[task] = (sum(accuracy(share, lls)), len(share))
         return counts

@@ -21,7 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from recipes_lib.commands import assets
+from recipes_lib import commands
+from recipes_lib.commands import assets, report
 from recipes_lib.errors import ConfigError, DataError
 from recipes_lib.general_eval import (
     TASKS,
@@ -248,3 +249,39 @@ def test_smollm2_scores_piqa_as_lm_evaluation_harness_does():
     rows = load_task("piqa", assets.write_general_eval())[:100]
     scores = choice_log_likelihoods(model, tokenizer, rows, chat_template=True, batch_size=16)
     assert sum(accuracy(rows, scores)) == 71
+
+
+def test_zero_shot_command_scores_a_model_and_report_puts_it_beside_the_published_numbers(
+    chat_gpt2, tmp_path, capsys
+):
+    for task, seed in (("arc_easy", 52), ("arc_challenge", 53), ("piqa", 51)):  # written as piqa.jsonl
+        colour_task(tmp_path, 30, seed).rename(tmp_path / f"{task}.jsonl")
+    out = tmp_path / "zero_shot"
+    config = tmp_path / "zero_shot.yaml"
+    config.write_text(
+        f"model_name_or_path: {chat_gpt2}\noutput_dir: {out}\ngeneral_eval_dir: {tmp_path}\n"
+        "general_eval: [piqa, arc_easy, arc_challenge]\n"
+        "expected:\n"
+        "  - {metric: general_piqa, value: 0.5, tolerance: 0.5}\n"
+        "  - {metric: general_arc, value: 2.0, tolerance: 0.1}\n"
+    )
+    assert commands.main(["zero-shot", "--config", str(config)]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(chat_gpt2)
+    model = AutoModelForCausalLM.from_pretrained(chat_gpt2)
+    for task in ("piqa", "arc_easy", "arc_challenge"):
+        rows = load_task(task, tmp_path)
+        right = accuracy(rows, choice_log_likelihoods(model, tokenizer, rows, chat_template=True))
+        assert results[f"general_{task}"] == pytest.approx(sum(right) / 30, abs=0.034)  # bf16: 1 example
+    assert results["general_tokens_per_second"] > 0 and results["general_piqa_samples"] == 30
+
+    rows = report.report_rows([out])
+    assert [(r["metric"], r["within"]) for r in rows] == [("general_piqa", "yes"), ("general_arc", "no")]
+    assert rows[1]["value"] == pytest.approx(
+        (results["general_arc_easy"] + results["general_arc_challenge"]) / 2
+    )
+    # The folder now holds a finished run: a second call refuses it and leaves it as it was.
+    before = (out / "all_results.json").read_bytes()
+    assert commands.main(["zero-shot", "--config", str(config)]) != 0
+    assert "holds a finished run" in capsys.readouterr().err
+    assert (out / "all_results.json").read_bytes() == before

@@ -18,10 +18,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from recipes_lib.commands import assets, demo, list_recipes, new, report, study, sweep
+from recipes_lib.commands import assets, demo, list_recipes, new, report, study, sweep, zero_shot
 from recipes_lib.errors import RecipeError
 
-SUBCOMMANDS = (list_recipes, new, report, demo, assets, study, sweep)
+SUBCOMMANDS = (list_recipes, new, report, demo, assets, study, sweep, zero_shot)
 
 
 def build_parser() -> argparse.ArgumentParser:

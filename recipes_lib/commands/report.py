@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_row(run_dir: Path) -> dict[str, Any]:
-    """One table row for a finished run folder (all_results.json + resolved_config.yaml)."""
+def report_row(run_dir: Path, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One table row for a finished run folder (all_results.json + resolved_config.yaml), beside
+    `expected` (default: the config's `expected` block)."""
     run_dir = Path(run_dir)
     results_path = run_dir / "all_results.json"
     if not results_path.is_file():
@@ -85,7 +86,7 @@ def report_row(run_dir: Path) -> dict[str, Any]:
     config_path = run_dir / "resolved_config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     info = json.loads((run_dir / RUN_INFO).read_text()) if (run_dir / RUN_INFO).is_file() else {}
-    expected = config.get("expected") or {}
+    expected = (config.get("expected") or {}) if expected is None else expected
     if expected.get("metric"):  # the baseline's metric, even when the run lacks it (an empty value)
         metric = metric_key(str(expected["metric"]))
     else:
@@ -99,13 +100,14 @@ def report_row(run_dir: Path) -> dict[str, Any]:
         or (f"GLUE {config['glue_task']}" if config.get("glue_task") else None)
         or config.get("train_file")
         or config.get("train_dir")
+        or ", ".join(config.get("general_eval") or [])  # a zero-shot run's benchmarks
         or "",
         "metric": metric or "",
         "value": value,
         "expected": expected.get("value"),
         "delta": None,
         "within": "",
-        "runtime_s": results.get("train_runtime"),
+        "runtime_s": results.get("train_runtime", results.get("general_runtime")),
         "samples_per_s": results.get("train_samples_per_second"),
         "hardware": info.get("hardware", ""),
         "run_dir": str(run_dir),
@@ -124,7 +126,18 @@ def report_row(run_dir: Path) -> dict[str, Any]:
 
 
 def report_rows(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
-    return [report_row(Path(d)) for d in run_dirs]
+    """A row per run, or per entry of its config's `expected` when that is a list (a zero-shot
+    run's several benchmarks: `recipes zero-shot`)."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        config_path = run_dir / "resolved_config.yaml"
+        config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+        expected = config.get("expected") if isinstance(config, dict) else None
+        if isinstance(expected, list):
+            rows += [report_row(run_dir, entry) for entry in expected]
+        else:
+            rows.append(report_row(run_dir))
+    return rows
 
 
 def _cell(column: str, value: Any) -> str:
