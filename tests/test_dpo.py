@@ -1,18 +1,35 @@
 """recipes/dpo on TRL's DPOTrainer: the preference loss starts at ln 2, a learnable preference is
 learnt on held-out pairs, LoRA's reference is the same model with its adapters off, early stopping
-on a preference metric, TRL's data shapes, bad input as one line each, and two processes."""
+on a preference metric, TRL's data shapes, bad input as one line each, the saved model as peft and
+pipeline("text-generation") load it, and resuming after a kill (two processes:
+tests/test_dpo_distributed.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, tiny_config, write_jsonl
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, flags, tiny_config, write_jsonl
+from peft import AutoPeftModelForCausalLM
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    pipeline,
+)
 
 from recipes_lib.errors import ConfigError, DataError
 
@@ -37,6 +54,15 @@ def color_pairs(n: int, seed: int) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def chat_gpt2(tmp_path_factory):
     return build_tiny_gpt2(tmp_path_factory.mktemp("chat_gpt2"), n_positions=64, chat=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tensors_equal(a: Path, b: Path) -> bool:
+    ta, tb = load_file(a), load_file(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
 def completion_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -223,9 +249,6 @@ def test_bad_pairs_get_one_line_naming_them(chat_gpt2, tmp_path):
         build([pair] * 4, gradient_checkpointing=True)
 
 
-# ---- Two processes: the same loss as one process with the same global batch
-
-
 # ---- SFT, then DPO: an sft output folder (a LoRA adapter) as the start, merged or continued
 
 
@@ -258,3 +281,140 @@ def test_an_sft_adapter_folder_is_the_start_and_the_reference(chat_gpt2, tmp_pat
             completion_logps(AutoModelForCausalLM.from_pretrained(chat_gpt2), batch) - expected
         ).abs().max() > 1e-3
         assert trainer.evaluate()["eval_loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+# ---- The saved model: it loads with peft and in pipeline("text-generation"), as trained
+
+
+def chosen_logps(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: list[dict]) -> float:
+    """The chosen answers' summed log-probability (with their end-of-turn token) under the chat
+    template, averaged over `pairs`: TRL's eval_logps/chosen, computed by hand."""
+    totals = []
+    for pair in pairs:
+        asked = [{"role": "user", "content": pair["prompt"]}]
+        answered = [*asked, {"role": "assistant", "content": pair["chosen"]}]
+        prompt = tokenizer.apply_chat_template(asked, add_generation_prompt=True, return_dict=False)
+        full = tokenizer.apply_chat_template(answered, return_dict=False)
+        assert full[: len(prompt)] == prompt
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        targets = ids[0, 1:]
+        token_logps = logps.gather(-1, targets[:, None]).squeeze(-1)
+        totals.append(token_logps[len(prompt) - 1 :].sum().item())
+    return sum(totals) / len(totals)
+
+
+def test_the_saved_models_load_with_peft_and_in_a_pipeline_as_trained(chat_gpt2, tmp_path):
+    """Every weight trained (a model folder), then LoRA on top of that folder (an adapter folder
+    whose base it is): reloaded, each gives the chosen answers the log-probability the final
+    evaluation reported (not the one before training), and pipeline("text-generation") answers a
+    validation prompt as the recipe's own generated answers did, stopping at the end of the turn."""
+    dev_pairs = color_pairs(8, seed=42)
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=41))
+    dev = write_jsonl(tmp_path / "dev.jsonl", dev_pairs)
+    asked = [{"role": "user", "content": dev_pairs[0]["prompt"]}]
+    runs = {
+        "full": {"model_name_or_path": chat_gpt2, "learning_rate": 5e-3},
+        "lora": {"model_name_or_path": tmp_path / "full", "use_lora": True, "learning_rate": 1e-2},
+    }
+    for name, keys in runs.items():
+        out = tmp_path / name
+        argv = tiny_config(
+            tmp_path,
+            train_file=train,
+            validation_file=dev,
+            loss_type=["sigmoid", "sft"],  # the shipped config's: the chosen answers' log-probability rises
+            max_steps=6,
+            output_dir=out,
+            **keys,
+        )
+        metrics = dpo.main(argv)
+        trained, before = metrics["eval_logps/chosen"], metrics["eval_logps/chosen_before"]
+        assert abs(trained - before) > 0.1, (name, before, trained)  # training moved the model
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        if name == "lora":
+            assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+            reloaded = AutoPeftModelForCausalLM.from_pretrained(out).eval()
+            assert chosen_logps(reloaded, tokenizer, dev_pairs) == pytest.approx(trained, abs=1e-3)
+
+        generator = pipeline("text-generation", model=str(out))
+        assert chosen_logps(generator.model, tokenizer, dev_pairs) == pytest.approx(trained, abs=1e-3)
+        # The recipe's greedy answer to the first validation prompt (eval_predictions.jsonl).
+        predicted = json.loads((out / "eval_predictions.jsonl").read_text().splitlines()[0])
+        assert predicted["prompt"] == asked[0]["content"] and predicted["answer"] in COLORS, predicted
+        reply = generator(asked, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        assert reply == [*asked, {"role": "assistant", "content": predicted["answer"]}], name
+
+
+# ---- Killed mid-run: the same command resumes from the last complete checkpoint
+
+
+def test_a_killed_run_resumes_from_its_last_complete_checkpoint_and_ends_as_an_uninterrupted_one(
+    chat_gpt2, tmp_path
+):
+    """SIGKILL after a checkpoint, plus a checkpoint left half-written (what a kill during a save
+    leaves), then the same command again. No tolerance: both runs are one command line in processes
+    with one thread each, and Trainer restores the adapter, optimizer, scheduler, RNG states and the
+    place in the data from the checkpoint (DPOTrainer turns dropout off), so the resumed steps repeat
+    the uninterrupted run's float operations one for one; any difference is a resume bug."""
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(64, seed=51))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(12, seed=52))
+    argv = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        use_lora=True,  # the shipped config's strategy
+        loss_type=["sigmoid", "sft"],
+        learning_rate=2e-2,
+        per_device_train_batch_size=4,  # 16 steps an epoch
+        max_steps=40,
+        save_strategy="steps",
+        save_steps=5,
+        logging_steps=1,
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    reference = tmp_path / "reference"
+    command = [sys.executable, RUN_PY, *argv]
+    done = subprocess.run(
+        [*command, *flags(output_dir=reference)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    command += flags(output_dir=out)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-10" / "trainer_state.json").is_file() and time.time() < deadline:
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (out / "all_results.json").exists()
+    # What a kill during a save leaves: the next checkpoint's folder, its adapter cut short, no state.
+    newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    partial = out / f"checkpoint-{int(newest.name.split('-')[1]) + 5}"
+    if not partial.exists():
+        shutil.copytree(newest, partial)
+    (partial / "trainer_state.json").unlink(missing_ok=True)
+    adapter = partial / "adapter_model.safetensors"
+    if adapter.is_file():
+        adapter.write_bytes(adapter.read_bytes()[: adapter.stat().st_size // 2])
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {newest}" in resumed.stderr
+    assert (out / f"incomplete-{partial.name}").is_dir()  # kept, not resumed from
+    results, expected = (json.loads((d / "all_results.json").read_text()) for d in (out, reference))
+    for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen"):
+        assert results[key] == expected[key], key
+    assert results["eval_accuracy"] == expected["eval_accuracy"]  # the generated answers too
+    assert results["eval_loss_before"] == expected["eval_loss_before"]  # the step-0 evaluation, kept
+    # Every training step logged after the resume has the uninterrupted run's loss.
+    states = [json.loads((d / "trainer_state.json").read_text()) for d in (out, reference)]
+    logged = [{e["step"]: e["loss"] for e in s["log_history"] if "loss" in e} for s in states]
+    assert logged[0] == logged[1] and len(logged[0]) == 40
+    answers = [[p["answer"] for p in read_jsonl(d / "eval_predictions.jsonl")] for d in (out, reference)]
+    assert answers[0] == answers[1]
+    assert tensors_equal(out / "adapter_model.safetensors", reference / "adapter_model.safetensors")
