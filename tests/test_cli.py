@@ -360,3 +360,24 @@ def test_demo_progress_lines_redraw_on_a_terminal_and_print_now_and_then_elsewhe
     log.write_text(CAPTURED_LOG + CAPTURED_LOG_END, encoding="utf-8")
     tail = readable_tail(log, 2)
     assert tail == "***** train metrics *****\n100%|██████████| 4/4 [00:00<00:00, 146.91it/s]"
+
+
+def test_new_names_the_copy_once_when_its_name_or_folder_contains_the_source(tmp_path):
+    """`recipes new my_bert_cls --from bert_cls` into a folder named after the source: every path to
+    the source's files points into the copy, once (not my_my_bert_cls, and the folder's own name
+    intact), its outputs and commands are its own, and a copy of that copy points into the second."""
+    dest = tmp_path / "bert_cls_runs"
+    dest.mkdir()
+    assert main(["new", "my_bert_cls", "--from", "bert_cls", "--dest", str(dest)]) == 0
+    copy = dest / "my_bert_cls"
+    config = (copy / "config.yaml").read_text()
+    assert f"accelerate launch {copy.as_posix()}/run.py" in config
+    assert "output_dir: outputs/my_bert_cls/sst2" in config and "`recipes study my_bert_cls`" in config
+    for path in (copy / "run.py", copy / "config.yaml", copy / "README.md"):
+        text = path.read_text()
+        assert "my_my_bert_cls" not in text and "recipes/bert_cls/" not in text, path.name
+
+    assert main(["new", "again", "--from", str(copy), "--dest", str(tmp_path)]) == 0
+    again = (tmp_path / "again" / "config.yaml").read_text()
+    assert f"accelerate launch {(tmp_path / 'again').as_posix()}/run.py" in again
+    assert "my_bert_cls" not in again and "output_dir: outputs/again/sst2" in again

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, flags, tiny_config, write_jsonl
+from fixtures_gpt import COLOR_OF, QUIET, build_tiny_gpt2, color_questions, flags, tiny_config, write_jsonl
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import (
@@ -31,6 +32,8 @@ from transformers import (
     pipeline,
 )
 
+from recipes_lib.commands import main as recipes
+from recipes_lib.commands.report import report_row
 from recipes_lib.errors import ConfigError, DataError
 
 dpo = load_recipe("dpo")
@@ -418,3 +421,135 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint_and_ends_as_an_u
     answers = [[p["answer"] for p in read_jsonl(d / "eval_predictions.jsonl")] for d in (out, reference)]
     assert answers[0] == answers[1]
     assert tensors_equal(out / "adapter_model.safetensors", reference / "adapter_model.safetensors")
+
+
+# ---- The `recipes` command: list, new, study, report and sweep take dpo as they take the others
+
+
+def test_recipes_list_shows_dpo_with_its_preference_metric(capsys):
+    assert recipes(["list"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("dpo "))
+    assert "Preference tuning of a causal LM on TRL's DPOTrainer" in line
+    assert "eval_rewards/accuracies" in line and "ultrafeedback" in line
+
+
+def test_recipes_new_copies_dpo_into_a_recipe_that_names_itself_and_runs_from_anywhere(chat_gpt2, tmp_path):
+    """`recipes new my_dpo --from dpo` in a folder whose path holds "dpo" too: the copy's commands
+    name its own folder once (not my_my_dpo), its outputs go to outputs/my_dpo, other files' names
+    that contain "dpo" are left alone, and it trains from another working directory."""
+    dest = tmp_path / "dpo_experiments"
+    dest.mkdir()
+    assert recipes(["new", "my_dpo", "--from", "dpo", "--dest", str(dest)]) == 0
+    copy = dest / "my_dpo"
+    run_py, config = (copy / "run.py").read_text(), (copy / "config.yaml").read_text()
+    assert f"accelerate launch {copy.as_posix()}/run.py " in run_py and "my_my_dpo" not in run_py
+    assert "output_dir: outputs/my_dpo/tweets" in config and "`recipes study my_dpo`" in config
+    assert "tests/test_dpo_distributed.py" in run_py  # the source's test file, by its own name
+    assert "recipes/smollm2/dpo/config_smol.yaml" in (copy / "configs" / "ultrafeedback.yaml").read_text()
+
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(32, seed=71))
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = tiny_config(
+        tmp_path, model_name_or_path=chat_gpt2, train_file=train, max_steps=2, output_dir="out"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(copy / "run.py"), *argv],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((work / "out" / "run_info.json").read_text())["recipe"] == "my_dpo"
+    assert (
+        0.0 <= json.loads((work / "out" / "all_results.json").read_text())["eval_rewards/accuracies"] <= 1.0
+    )
+
+
+def test_recipes_study_and_report_rank_dpo_runs_by_preference_accuracy_higher_is_better(chat_gpt2, tmp_path):
+    """Free-text answers (no labels, nothing generated): the main metric is eval_rewards/accuracies by
+    recipes_lib.metrics' rule, in the study's ranking and in the report beside an expected value."""
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=81))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(16, seed=82))
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(chat_gpt2),
+                "train_file": str(train),
+                "validation_file": str(dev),
+                "generation_eval": False,
+                "max_steps": 4,
+                "learning_rate": 1.0e-3,
+                **QUIET,
+                "expected": {"value": 0.0, "tolerance": 0.0, "source": "a floor no run can miss"},
+            }
+        )
+    )
+    out = tmp_path / "study"
+    assert (
+        recipes(
+            [
+                "study",
+                "dpo",
+                "--config",
+                str(config),
+                "--strategies",
+                "full,lora,freeze",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((out / "study.json").read_text())
+    assert [r["strategy"] for r in rows] == ["full", "lora", "freeze"]
+    assert {r["metric"] for r in rows} == {"eval_rewards/accuracies"} and not any("error" in r for r in rows)
+    for row in rows:
+        results = json.loads((Path(row["output_dir"]) / "all_results.json").read_text())
+        assert row["value"] == results["eval_rewards/accuracies"]
+        assert row["rank"] == 1 + sum(other["value"] > row["value"] for other in rows)  # higher is better
+
+    report = [report_row(Path(r["output_dir"])) for r in rows]
+    assert [r["metric"] for r in report] == ["eval_rewards/accuracies"] * 3
+    for row, shown in zip(rows, report, strict=True):
+        assert shown["value"] == row["value"] and shown["recipe"] == "dpo"
+        assert shown["within"] == ("better" if row["value"] > 0 else "yes")  # above the floor: better
+
+
+def test_recipes_sweep_searches_dpo_runs_by_preference_accuracy_after_training(chat_gpt2, tmp_path):
+    """The shipped config's metric (rewards/accuracies, maximized) is each trial's value after its
+    last step; the best config, trained by the recipe itself, reports that value."""
+    train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=91))
+    dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(16, seed=92))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(chat_gpt2),
+                "train_file": str(train),
+                "validation_file": str(dev),
+                "use_lora": True,
+                "max_steps": 3,
+                "metric_for_best_model": "rewards/accuracies",
+                **QUIET,
+                "sweep": {
+                    "trials": 2,
+                    "space": {"learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}},
+                },
+            }
+        )
+    )
+    out = tmp_path / "sweep"
+    assert recipes(["sweep", "dpo", "--config", str(config), "--output", str(out)]) == 0
+    results = json.loads((out / "sweep.json").read_text())
+    assert (results["metric"], results["direction"]) == ("eval_rewards/accuracies", "maximize")
+    trials = results["trials"]
+    assert [t["evaluated"] for t in trials] == ["after training, step 3"] * 2
+    assert all(t["value"] == t["evaluations"][-1]["value"] for t in trials)
+    assert results["best"]["value"] == max(t["value"] for t in trials)
+    again = dpo.main(["--config", str(out / "best.yaml")])
+    assert again["eval_rewards/accuracies"] == pytest.approx(results["best"]["value"], abs=1e-6)

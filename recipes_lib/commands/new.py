@@ -36,9 +36,34 @@ def run(args: argparse.Namespace) -> int:
     for path in tmp.rglob("*"):
         if path.suffix in (".py", ".yaml", ".yml", ".md"):
             text = path.read_text(encoding="utf-8")
-            text = text.replace(f"recipes/{src.name}/", f"{shown}/").replace(src.name, args.name)
-            path.write_text(text, encoding="utf-8")
+            path.write_text(renamed(text, src.name, args.name, shown), encoding="utf-8")
     tmp.rename(dest)
     print(f"created {dest} from {src}: edit {dest / 'config.yaml'}, then run")
     print(f"  accelerate launch {dest / 'run.py'}")
     return 0
+
+
+def renamed(text: str, source: str, name: str, folder: str) -> str:
+    """`text` of a copied file naming the copy: a path to the source folder's own files
+    (`recipes/SOURCE/run.py`, or a copy's `/path/to/SOURCE/config.yaml`) points into the copy's
+    `folder`, an output folder `outputs/.../SOURCE` becomes the copy's own, and SOURCE as a word
+    (`recipes study SOURCE`, a title) the new name. In one pass, so a name or folder that contains
+    SOURCE (`my_dpo`, a `~/dpo_runs` destination) is not renamed again; names that only contain it
+    (`test_dpo.py`, `bench_sft.py`) and other projects' paths (alignment-handbook's
+    `recipes/smollm2/dpo/config_smol.yaml`) stay."""
+    word = re.escape(source)
+    pattern = re.compile(
+        # recipes/dpo/run.py, a copy's /path/to/my_dpo/config.yaml
+        rf"(?P<recipe>(?<![\w.~/-])/?(?:[\w.~-]+/)*{word}/)(?=run\.py|config\.yaml|configs/|README\.md)"
+        # outputs/dpo/tweets, outputs/demo/bert_cls
+        rf"|(?P<outputs>\boutputs/(?:[\w.-]+/)*){word}\b"
+        # `recipes study dpo`, "# dpo: preference tuning"
+        rf"|(?<![\w/.-]){word}(?![\w-])"
+    )
+
+    def rename(match: re.Match) -> str:
+        if match["recipe"]:
+            return f"{folder}/"
+        return (match["outputs"] or "") + name
+
+    return pattern.sub(rename, text)

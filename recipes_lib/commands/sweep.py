@@ -204,8 +204,11 @@ def final_evaluation(
         def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
             if self.trial is None:
                 return
-            # The recipe's main evaluates this way too: every example once, in order, logged.
-            metrics = predict(trainer, trainer.eval_dataset, "eval").metrics
+            # The recipe's main evaluates this way too: every example once, in order, logged. The
+            # logged entry is the one to read: a trainer that adds its metrics when it logs them
+            # (TRL's DPOTrainer: rewards/accuracies, logps/chosen, ...) leaves them out of predict's.
+            predict(trainer, trainer.eval_dataset, "eval")
+            metrics = state.log_history[-1]
             trainer.objective = objective(metrics)
             evaluated = f"after training, step {state.global_step}"
             if args.load_best_model_at_end and state.best_model_checkpoint:
