@@ -285,3 +285,35 @@ def test_zero_shot_command_scores_a_model_and_report_puts_it_beside_the_publishe
     assert commands.main(["zero-shot", "--config", str(config)]) != 0
     assert "holds a finished run" in capsys.readouterr().err
     assert (out / "all_results.json").read_bytes() == before
+
+
+def test_dpo_reports_each_task_before_and_after(chat_gpt2, tmp_path):
+    """Preference tuning on the colour pairs, scored zero-shot on held-out colour questions: before
+    is the starting model's score, after it the preference learnt shows."""
+    dpo = load_recipe("dpo")
+    train = write_jsonl(tmp_path / "train.jsonl", color_questions(320, seed=61))
+    colour_task(tmp_path, 60, seed=62)
+    out = tmp_path / "out"
+    tokenizer = AutoTokenizer.from_pretrained(chat_gpt2)
+    base = AutoModelForCausalLM.from_pretrained(chat_gpt2)
+    task = load_task("piqa", tmp_path)
+    base_score = sum(accuracy(task, choice_log_likelihoods(base, tokenizer, task, chat_template=True))) / 60
+    dpo.main(
+        tiny_config(
+            tmp_path,
+            model_name_or_path=chat_gpt2,
+            train_file=train,
+            chosen_column="completion",
+            rejected_from_labels=True,
+            beta=0.5,
+            learning_rate=1e-2,
+            general_eval=["piqa"],
+            general_eval_dir=tmp_path,
+            general_eval_bf16=False,
+            generation_eval=False,
+            output_dir=out,
+        )
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["general_piqa_before"] == pytest.approx(base_score)
+    assert results["general_piqa"] >= 0.9 > results["general_piqa_before"], results

@@ -40,6 +40,7 @@ from trl.data_utils import extract_prompt
 from recipes_lib.config import RunArguments, parse_config
 from recipes_lib.data import DataArguments, load_splits, require_columns
 from recipes_lib.errors import ConfigError, DataError, exit_on_error, loading_model
+from recipes_lib.general_eval import GeneralEval, GeneralEvalArguments
 from recipes_lib.generation import (
     AnswerScorer,
     ScoresAnswersAtEvaluation,
@@ -184,6 +185,7 @@ class Setup:
     strategy_args: StrategyArguments
     test_pairs: Dataset | None  # the test split as DPOTrainer takes it, if there is one
     answer_scorer: AnswerScorer | None  # the answers generated and scored at each evaluation
+    general: GeneralEval  # zero-shot tasks (general_eval) scored before and after training
     model_card: dict[str, Any]
 
 
@@ -300,12 +302,21 @@ def build(argv: list[str] | None = None) -> Setup:
     # ---- Configuration: config.yaml next to this file, then --config, then --key value overrides.
     parsed = parse_config(
         (ModelArguments, PreferenceDataArguments, GenerationArguments, DataArguments, StrategyArguments)
-        + (RunArguments, DPOConfig),
+        + (GeneralEvalArguments, RunArguments, DPOConfig),
         argv,
         default_config=Path(__file__).with_name("config.yaml"),
         recipe_defaults=RECIPE_DEFAULTS | precision_default(),
     )
-    model_args, pair_args, generation_args, data_args, strategy_args, run_args, training_args = parsed
+    (
+        model_args,
+        pair_args,
+        generation_args,
+        data_args,
+        strategy_args,
+        general_args,
+        run_args,
+        training_args,
+    ) = parsed
     if "gradient_checkpointing" in run_args.explicit_keys:  # else the recipe's default would win silently
         raise ConfigError("gradient_checkpointing: deprecated name; set activation_checkpointing instead")
     name = model_args.model_name_or_path
@@ -421,6 +432,9 @@ def build(argv: list[str] | None = None) -> Setup:
             peft_config=peft_config,
         )
     trainer.answer_scorer = answer_scorer  # generated answers scored at every evaluation
+    # General ability: the general_eval tasks scored zero-shot as training starts (and after it).
+    general = GeneralEval(general_args, tokenizer)
+    general.attach(trainer)
     # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
     peak_memory = add_run_guards(trainer, strategy_args)
@@ -436,6 +450,7 @@ def build(argv: list[str] | None = None) -> Setup:
         strategy_args=strategy_args,
         test_pairs=examples.get("test"),
         answer_scorer=answer_scorer,
+        general=general,
         model_card={
             "finetuned_from": name,
             "dataset": data_args.dataset_name or data_args.train_file,
@@ -551,6 +566,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if scorer is not None and trainer.is_world_process_zero():
             scorer.write_predictions(out / "test_predictions.jsonl", "test")
         metrics |= save_results(trainer, "test", test_metrics)
+
+    # ---- General ability (general_eval): the zero-shot scores now, beside step 0's, and the deltas.
+    if setup.general:
+        metrics |= save_results(trainer, "general", setup.general.after_training(trainer))
 
     # ---- LoRA: save the adapters folded into the weights, after evaluating the adapter model.
     if setup.strategy_args.merge_lora and trainer.is_world_process_zero():
