@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import REPO, load_recipe
-from fixtures_gpt import COLOR_OF, QUIET, build_tiny_gpt2, color_questions, flags, tiny_config, write_jsonl
+from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, flags, tiny_config, write_jsonl
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import (
@@ -474,37 +473,19 @@ def test_recipes_study_and_report_rank_dpo_runs_by_preference_accuracy_higher_is
     recipes_lib.metrics' rule, in the study's ranking and in the report beside an expected value."""
     train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=81))
     dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(16, seed=82))
-    config = tmp_path / "study.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(chat_gpt2),
-                "train_file": str(train),
-                "validation_file": str(dev),
-                "generation_eval": False,
-                "max_steps": 4,
-                "learning_rate": 1.0e-3,
-                **QUIET,
-                "expected": {"value": 0.0, "tolerance": 0.0, "source": "a floor no run can miss"},
-            }
-        )
+    _, config = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        generation_eval=False,
+        max_steps=4,
+        learning_rate=1e-3,
+        expected={"value": 0.0, "tolerance": 0.0, "source": "a floor no run can miss"},
     )
     out = tmp_path / "study"
-    assert (
-        recipes(
-            [
-                "study",
-                "dpo",
-                "--config",
-                str(config),
-                "--strategies",
-                "full,lora,freeze",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    study = ["study", "dpo", "--config", config, "--strategies", "full,lora,freeze", "--output", str(out)]
+    assert recipes(study) == 0
     rows = json.loads((out / "study.json").read_text())
     assert [r["strategy"] for r in rows] == ["full", "lora", "freeze"]
     assert {r["metric"] for r in rows} == {"eval_rewards/accuracies"} and not any("error" in r for r in rows)
@@ -525,26 +506,18 @@ def test_recipes_sweep_searches_dpo_runs_by_preference_accuracy_after_training(c
     last step; the best config, trained by the recipe itself, reports that value."""
     train = write_jsonl(tmp_path / "train.jsonl", color_pairs(48, seed=91))
     dev = write_jsonl(tmp_path / "dev.jsonl", color_pairs(16, seed=92))
-    config = tmp_path / "sweep.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "model_name_or_path": str(chat_gpt2),
-                "train_file": str(train),
-                "validation_file": str(dev),
-                "use_lora": True,
-                "max_steps": 3,
-                "metric_for_best_model": "rewards/accuracies",
-                **QUIET,
-                "sweep": {
-                    "trials": 2,
-                    "space": {"learning_rate": {"low": 1.0e-3, "high": 1.0e-1, "log": True}},
-                },
-            }
-        )
+    _, config = tiny_config(
+        tmp_path,
+        model_name_or_path=chat_gpt2,
+        train_file=train,
+        validation_file=dev,
+        use_lora=True,
+        max_steps=3,
+        metric_for_best_model="rewards/accuracies",
+        sweep={"trials": 2, "space": {"learning_rate": {"low": 1e-3, "high": 1e-1, "log": True}}},
     )
     out = tmp_path / "sweep"
-    assert recipes(["sweep", "dpo", "--config", str(config), "--output", str(out)]) == 0
+    assert recipes(["sweep", "dpo", "--config", config, "--output", str(out)]) == 0
     results = json.loads((out / "sweep.json").read_text())
     assert (results["metric"], results["direction"]) == ("eval_rewards/accuracies", "maximize")
     trials = results["trials"]
