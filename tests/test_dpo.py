@@ -132,7 +132,9 @@ def test_full_fine_tuning_learns_a_held_out_preference_from_labelled_rows(chat_g
         chosen_column="completion",
         rejected_from_labels=True,
         beta=0.5,  # rewards of the tiny model's few answer tokens: a margin that shows in a few epochs
-        num_train_epochs=4,
+        # 6 epochs: after 4, the held-out accuracy was 0.78 to 1.0 as the float summation order or the
+        # seed changed (1 or 2 threads; seeds 1, 2, 3, 42); after 6, 0.97 to 1.0.
+        num_train_epochs=6,
         learning_rate=1e-2,
         output_dir=out,
     )
