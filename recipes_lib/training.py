@@ -435,15 +435,20 @@ def write_predictions(path: Path, inputs: Dataset, decoded: list[dict[str, Any]]
 
 def finish_run(trainer: Trainer, metrics: dict[str, Any], model_card: dict[str, Any] | None = None) -> None:
     """Write trainer_state.json, all_results.json (last, so it marks a finished run),
-    training_curves.png and the model card, and print the final metrics."""
+    training_curves.png and the model card, and print the final metrics. Then every process
+    leaves its process group (nothing to do in one process): left open, a rank that finishes
+    first (the others skip the report) can abort at exit, SIGABRT "terminate called without an
+    active exception", as gloo's worker thread frees its last collective, which needs the GIL,
+    while the interpreter shuts down; the launcher then kills rank 0 before it writes
+    all_results.json (pytorch#190489; tests/test_dpo_distributed.py)."""
     trainer.save_state()
-    if not trainer.is_world_process_zero():
-        return
-    out = Path(trainer.args.output_dir)
-    plot_training_curves(trainer.state.log_history, out / "training_curves.png", trainer.args)
-    write_model_card(trainer, metrics, model_card or {}, out / RESOLVED_CONFIG)
-    atomic_write(out / ALL_RESULTS, json.dumps(metrics, indent=4, sort_keys=True))
-    print_metrics(metrics)
+    if trainer.is_world_process_zero():
+        out = Path(trainer.args.output_dir)
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png", trainer.args)
+        write_model_card(trainer, metrics, model_card or {}, out / RESOLVED_CONFIG)
+        atomic_write(out / ALL_RESULTS, json.dumps(metrics, indent=4, sort_keys=True))
+        print_metrics(metrics)
+    trainer.accelerator.end_training()
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ without an active exception"): gloo's worker thread frees the last collective's 
 needs the GIL, while the interpreter shuts down (Python's pthread_exit unwinds through C++). The
 rank that finishes first (rank 1: it skips the report) hit it in about 1 run in 30 here and once in
 CI; the launcher then kills rank 0 before it writes all_results.json. Leaving the group first
-(run.py's last step) closes that window, which the exit probe below checks on every run.
+(finish_run's last step, in every recipe) closes that window, which the exit probe below checks on every run.
 """
 
 from __future__ import annotations

@@ -577,13 +577,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- Report: trainer_state.json, all_results.json, training_curves.png, model card, table.
     finish_run(trainer, metrics, setup.model_card)
-
-    # ---- Several processes: leave the process group before the interpreter exits (nothing to do in
-    # one process). Left open, a rank that finishes first (the others skip the report) can abort at
-    # exit, SIGABRT "terminate called without an active exception": gloo's worker thread frees its
-    # last collective, which needs the GIL, while the interpreter shuts down; the launcher then kills
-    # rank 0 before it writes all_results.json (tests/test_dpo_distributed.py).
-    trainer.accelerator.end_training()
     return metrics
 
 
