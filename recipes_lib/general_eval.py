@@ -39,7 +39,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -426,9 +426,15 @@ class GeneralEval:
         return bool(self.tasks)
 
     def score_model(
-        self, model: PreTrainedModel, rank: int = 0, world_size: int = 1, stats: dict[str, int] | None = None
+        self,
+        model: PreTrainedModel,
+        rank: int = 0,
+        world_size: int = 1,
+        stats: dict[str, int] | None = None,
+        on_task: Callable[[str, int, int], None] | None = None,
     ) -> dict[str, tuple[int, int]]:
-        """(right, total) per task over this process's share of the examples."""
+        """(right, total) per task over this process's share of the examples; `on_task(task, right,
+        total)` as each task finishes (progress lines)."""
         counts = {}
         for task, examples in self.tasks.items():
             share = examples[rank::world_size]
@@ -442,6 +448,8 @@ class GeneralEval:
                 stats,
             )
             counts[task] = (sum(accuracy(share, lls)), len(share))
+            if on_task is not None:
+                on_task(task, *counts[task])
         return counts
 
     def score(self, trainer: Trainer) -> dict[str, float]:

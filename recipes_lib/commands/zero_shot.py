@@ -72,7 +72,12 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     start, stats = time.perf_counter(), {}
-    counts = general.score_model(model, stats=stats)
+
+    def progress(task: str, right: int, total: int) -> None:
+        elapsed = time.perf_counter() - start
+        print(f"  {task}: {right}/{total} = {right / total:.4f} ({elapsed:.0f} s so far)", flush=True)  # noqa: T201
+
+    counts = general.score_model(model, stats=stats, on_task=progress)
     runtime = time.perf_counter() - start
     results = scores(counts) | {
         "general_runtime": runtime,
