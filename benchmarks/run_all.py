@@ -34,6 +34,7 @@ BENCHMARKS = {  # name (outputs/bench/<name>.json) -> script
     "overhead": "bench_overhead.py",
     "gpt_clm": "bench_gpt_clm.py",
     "sft": "bench_sft.py",
+    "general_eval": "bench_general_eval.py",
     "resnet": "bench_resnet.py",
     "preprocessing": "bench_preprocessing.py",
 }
@@ -157,6 +158,13 @@ def headlines(results: dict[str, dict | None]) -> list[dict]:
         ratio = r["recipe_vs_previous_samples_per_second"]
         claim = f"samples/s SFTTrainer / the hand-written SFT path (median of {len(r['ratios'])} pairs)"
         add("sft", claim, ratio, ">= 0.95x", ratio >= 0.95)
+    if r := results.get("general_eval"):
+        for task, runs in r["tasks"].items():
+            base = runs["per_choice_fp32"]["examples_per_second"]
+            shared = runs["shared_fp32"]["examples_per_second"] / base
+            add("general_eval", f"{task} examples/s, prompt once / once per choice (fp32)", shared)
+            bf16 = runs["shared_bf16"]["examples_per_second"] / runs["shared_fp32"]["examples_per_second"]
+            add("general_eval", f"{task} examples/s, bf16 autocast / fp32 (prompt once)", bf16)
     if r := results.get("resnet"):
         ratio = r["recipe_vs_raw_images_per_second"]
         pairs = len(r["recipe_vs_raw_per_repeat"])
