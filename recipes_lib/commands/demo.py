@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).resolve()
     cache = assets.cache_dir(args.cache).resolve()
     print(f"preparing offline assets in {cache} ...", flush=True)
-    assets.prepare_all(cache)
+    assets.prepare_all(cache, general_eval=False)
     jobs = max(1, args.jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "RECIPES_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
