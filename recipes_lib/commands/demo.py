@@ -103,12 +103,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"preparing offline assets in {cache} ...", flush=True)
     assets.prepare_all(cache, general_eval=False)
     jobs = max(1, args.jobs)
-    cores = os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "RECIPES_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    # A core's share of threads per run; the longest run (first) gets every core's: the others end
-    # within its first half, and it would then run on one core with the rest idle.
-    longest_threads = env.get("OMP_NUM_THREADS", str(cores))
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
+    env.setdefault("OMP_NUM_THREADS", str(threads))
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     board = ProgressBoard(sys.stdout)
@@ -123,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         board.start(row.name, log, preferred=row.metrics[0][0])
         try:
-            run_env = {**env, "OMP_NUM_THREADS": longest_threads} if row is order[0] else env
             with open(log, "w") as f:
-                code = subprocess.run(cmd, env=run_env, stdout=f, stderr=subprocess.STDOUT).returncode
+                code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         finally:
             board.finish(row.name)
         if code != 0:
