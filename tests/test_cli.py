@@ -15,7 +15,7 @@ import yaml
 from conftest import REPO, load_recipe
 from test_config import parse_as_recipe  # as the recipe's build() parses its config
 
-from recipes_lib.commands import build_parser, main
+from recipes_lib.commands import build_parser, main, zero_shot
 from recipes_lib.commands.locate import RECIPES_DIR, find_recipe
 from recipes_lib.commands.report import report_row
 from recipes_lib.errors import RecipeError
@@ -215,6 +215,9 @@ def test_readme_command_parses(readme, command, tmp_path):
         if not overrides:
             return
         assert getattr(args, "takes_overrides", False), f"unknown options in {readme}: {command}"
+        if args.fn is zero_shot.run:  # its own options, not a recipe's
+            zero_shot.parse(overrides)
+            return
         # The options go to the recipe: parse them as it does (a copy's path: as bert_cls's, below).
         run_py = f"recipes/{Path(args.recipe).name}/run.py"
         words = ["python", run_py, *(["--config", args.config] if args.config else []), *overrides]

