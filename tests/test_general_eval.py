@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from conftest import load_recipe
+from conftest import REPO, load_recipe
 from fixtures_gpt import COLOR_OF, build_tiny_gpt2, color_questions, pattern_lines, tiny_config, write_jsonl
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models
@@ -320,3 +320,22 @@ def test_dpo_reports_each_task_before_and_after(chat_gpt2, tmp_path):
     # The preference learnt shows in the zero-shot choice (not all of it: DPO moves the chosen answer
     # against the rejected one, the task compares the right colour with another per character).
     assert results["general_piqa"] >= results["general_piqa_before"] + 0.2, results
+
+
+def test_the_shipped_reproduction_config_runs_and_reports_beside_the_card(tmp_path, monkeypatch, capsys):
+    """`recipes zero-shot --config evals/smollm2_135m_instruct.yaml` as the README gives it (the real
+    SmolLM2 from the asset cache), on 8 examples per split instead of the full ones, run from another
+    folder; then `recipes report` puts both rows beside the card's numbers."""
+    assets.convert_gguf("smollm2-gguf")
+    assets.write_general_eval()
+    monkeypatch.setenv("RECIPES_CACHE", str(assets.cache_dir()))
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "evals" / "smollm2_135m_instruct.yaml")
+    out = tmp_path / "zs"
+    argv = ["zero-shot", "--config", config, "--general_eval_max_examples", "8", "--output_dir", str(out)]
+    assert commands.main(argv) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert {results[f"general_{t}_samples"] for t in ("piqa", "arc_easy", "arc_challenge")} == {8}
+    rows = report.report_rows([out])
+    assert [(r["metric"], r["expected"]) for r in rows] == [("general_piqa", 0.663), ("general_arc", 0.373)]
+    assert all(r["value"] is not None and r["within"] in ("yes", "no", "better") for r in rows)
