@@ -384,3 +384,46 @@ def test_new_names_the_copy_once_when_its_name_or_folder_contains_the_source(tmp
     again = (tmp_path / "again" / "config.yaml").read_text()
     assert f"accelerate launch {(tmp_path / 'again').as_posix()}/run.py" in again
     assert "my_bert_cls" not in again and "output_dir: outputs/again/sst2" in again
+
+
+def test_demo_gives_the_cores_a_finished_run_leaves_to_the_run_still_going(tmp_path):
+    """`recipes demo` runs each recipe through RUN_WIDENABLE: the script sees its own arguments as
+    `python run.py ...` would, and takes more threads when `widen` tells it to (on 2 cores, the
+    demo's long sft run gets the second core once the other runs are done)."""
+    import time
+
+    from recipes_lib.commands.demo import RUN_WIDENABLE, threads_file, widen
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        "assert __name__ == '__main__'\n"
+        "print('started', flush=True)\n"
+        "for _ in range(600):\n"
+        "    if torch.get_num_threads() == 2:\n"
+        "        break\n"
+        "    time.sleep(0.05)\n"
+        "print(sys.argv[1:], torch.get_num_threads())\n"
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RECIPES_DEMO_THREADS_FILE": str(threads_file(tmp_path, "r")),
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-c", RUN_WIDENABLE, str(script), "--x", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout.readline() == "started\n"  # the handler is set by now: its file says so
+    assert threads_file(tmp_path, "r").read_text() == "1"
+    widen({"r": run}, 2, tmp_path)
+    out, _ = run.communicate(timeout=60)
+    assert run.returncode == 0 and out == "['--x', '1'] 2\n"
+
+    # A run that has not set its handler yet (no file) is left alone: the signal would end it.
+    late = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    widen({"late": late}, 2, tmp_path)
+    time.sleep(0.2)
+    assert late.wait(timeout=30) == 0

@@ -5,8 +5,9 @@ recipe's folder: `configs/demo.yaml`, or the recipe's own `config.yaml`) as a su
 tables the main metric before and after fine-tuning in summary.json. Runs go `--jobs` at a time
 (default 2), the cores shared out between them: on 2 cores, two 1-thread runs side by side finish
 sooner than the same runs one after another with 2 threads, as much of each run (loading,
-tokenising, generating, the loop itself) keeps only one core busy. Each run's output goes to
-`<output>/logs/<run>.log`.
+tokenising, generating, the loop itself) keeps only one core busy. Once no run is left to
+start, the cores a finished run leaves go to the runs still going (`widen`). Each run's output goes
+to `<output>/logs/<run>.log`.
 
 While they run, one line per run shows its training step of the total, its latest training loss
 and its latest evaluation: redrawn in place on a terminal, printed as plain lines every half minute
@@ -25,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -103,17 +105,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"preparing offline assets in {cache} ...", flush=True)
     assets.prepare_all(cache, general_eval=False)
     jobs = max(1, args.jobs)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = os.cpu_count() or 1
     env = {**os.environ, "RECIPES_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.setdefault("OMP_NUM_THREADS", str(threads))
+    # Threads are ours to share out unless the user fixed them.
+    cores_ours = "OMP_NUM_THREADS" not in env
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     board = ProgressBoard(sys.stdout)
+    order = sorted(DEMO, key=lambda row: LONGEST_FIRST.index(row.name))
+    running: dict[str, subprocess.Popen] = {}
+    not_started = [row.name for row in order]
+    lock = threading.Lock()
 
     def train(row: DemoRun) -> None:
         run_dir, log = out / row.name, logs / f"{row.name}.log"
         recipe = find_recipe(row.recipe)
-        cmd = [sys.executable, str(recipe / "run.py"), "--config", str(recipe / row.config)]
+        cmd = [
+            sys.executable,
+            "-c",
+            RUN_WIDENABLE,
+            str(recipe / "run.py"),
+            "--config",
+            str(recipe / row.config),
+        ]
         # The progress bar stays on: the progress lines are read from it.
         cmd += ["--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--disable_tqdm", "false"]
         board.say(f"=== {row.name}: {row.model} on {row.data} -> {run_dir} (log: {log})")
@@ -121,15 +136,23 @@ def run(args: argparse.Namespace) -> int:
         board.start(row.name, log, preferred=row.metrics[0][0])
         try:
             with open(log, "w") as f:
-                code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+                with lock:
+                    not_started.remove(row.name)
+                    threads_file(logs, row.name).unlink(missing_ok=True)
+                    run_env = {**env, "RECIPES_DEMO_THREADS_FILE": str(threads_file(logs, row.name))}
+                    running[row.name] = subprocess.Popen(cmd, env=run_env, stdout=f, stderr=subprocess.STDOUT)
+                code = running[row.name].wait()
         finally:
             board.finish(row.name)
+            with lock:
+                running.pop(row.name, None)
+                if cores_ours and not not_started:
+                    widen(running, cores, logs)
         if code != 0:
             board.say(readable_tail(log, 15))
             raise RecipeError(f"the {row.name} demo failed (exit {code}); its output is in {log}")
         board.say(f"=== {row.name} done in {time.perf_counter() - start:.0f} s")
 
-    order = sorted(DEMO, key=lambda row: LONGEST_FIRST.index(row.name))
     with board.updating(), ThreadPoolExecutor(max_workers=jobs) as pool:
         for finished in [pool.submit(train, row) for row in order]:
             finished.result()  # a failed run's RecipeError, here
@@ -164,6 +187,47 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + aligned_table(rows))
     print(f"\nsummary: {out / 'summary.json'}")
     return 0
+
+
+# ---- Threads: the cores a finished run leaves go to the runs still going
+
+# Runs a recipe's run.py (argv[1]) as `python run.py ...` would, after one thing more: on SIGUSR1
+# its torch takes the number of threads written in $RECIPES_DEMO_THREADS_FILE (torch's intra-op
+# pool can grow mid-run). The recipes themselves know nothing of the demo.
+RUN_WIDENABLE = """
+import os, runpy, signal, sys
+
+def widen(*_):
+    import torch
+    with open(os.environ["RECIPES_DEMO_THREADS_FILE"]) as f:
+        torch.set_num_threads(int(f.read()))
+
+if hasattr(signal, "SIGUSR1") and os.environ.get("RECIPES_DEMO_THREADS_FILE"):
+    signal.signal(signal.SIGUSR1, widen)
+    with open(os.environ["RECIPES_DEMO_THREADS_FILE"], "w") as f:  # says: the signal is safe now
+        f.write(os.environ.get("OMP_NUM_THREADS", ""))
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def widen(runs: dict[str, subprocess.Popen], cores: int, logs: Path) -> None:
+    """Share `cores` out between the `runs` still going (started with RUN_WIDENABLE and
+    `threads_file(logs, name)` in their environment): each is told its threads by that file and a
+    SIGUSR1. On 2 cores the demo's sft run, alone for its last ~100 s, gets both."""
+    # A run whose file is not there yet has not set its handler: the signal would end it.
+    going = {name: r for name, r in runs.items() if r.poll() is None and threads_file(logs, name).exists()}
+    if not going or not hasattr(signal, "SIGUSR1"):
+        return
+    for name, r in going.items():
+        threads_file(logs, name).write_text(str(max(1, cores // len(going))))
+        with contextlib.suppress(ProcessLookupError):
+            r.send_signal(signal.SIGUSR1)
+
+
+def threads_file(logs: Path, name: str) -> Path:
+    return logs / f".{name}.threads"
 
 
 # ---- Progress, read from a run's log
