@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from recipes_lib.errors import ConfigError, DataError
+from recipes_lib.machine_defaults import native_bf16
 from recipes_lib.metrics import GENERAL  # the prefix of every score this module writes
 
 if TYPE_CHECKING:
@@ -390,16 +391,6 @@ def accuracy(examples: Sequence[dict[str, Any]], log_likelihoods: Sequence[Seque
 
 
 # ---- In a recipe: before and after training
-
-
-def native_bf16() -> bool:
-    """Whether this machine computes bf16 natively: a CUDA GPU that supports it, else a CPU with
-    AVX512-BF16 or AMX (oneDNN's test). There bf16 is several times faster than float32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class GeneralEval:

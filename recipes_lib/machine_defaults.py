@@ -121,3 +121,13 @@ def expand_vars(value: Any) -> Any:
         return value
     value = value.replace("${RECIPES_CACHE}", str(default_cache_dir()))
     return os.path.expanduser(os.path.expandvars(value))
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a CUDA GPU that supports it, else a CPU with
+    AVX512-BF16 or AMX (oneDNN's test). There bf16 is several times faster than float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

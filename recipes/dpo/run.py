@@ -47,6 +47,7 @@ from recipes_lib.generation import (
     answer_labels,
     chat_prompt,
     end_of_turn_ids,
+    evaluate_in_bf16,
     normalize,
 )
 from recipes_lib.strategies import StrategyArguments, apply_strategy, merge_lora_into
@@ -160,6 +161,13 @@ class GenerationArguments:
     generation_max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "Longest generated answer; null: the longest chosen training answer."},
+    )
+    eval_bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate (loss and generated answers) under bf16 autocast; null: where the hardware "
+            "computes bf16 natively (a CPU with AVX512-BF16 or AMX, a bf16 GPU) and training is in float32."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -432,6 +440,7 @@ def build(argv: list[str] | None = None) -> Setup:
             peft_config=peft_config,
         )
     trainer.answer_scorer = answer_scorer  # generated answers scored at every evaluation
+    trainer.eval_bf16 = evaluate_in_bf16(generation_args.eval_bf16, training_args)  # ~2x faster where native
     # General ability: the general_eval tasks scored zero-shot as training starts (and after it).
     general = GeneralEval(general_args, tokenizer)
     general.attach(trainer)
