@@ -486,3 +486,44 @@ def test_sweep_searches_sft_runs_by_their_answer_loss_or_their_answers(chat_gpt2
     results = run_search(setup.trainer, parse_sweep({"trials": 2, "metric": "accuracy", "space": space}))
     assert results["metric"] == "eval_accuracy" and results["direction"] == "maximize"
     assert all(0.0 <= t["value"] <= 1.0 for t in results["trials"])
+
+
+def test_evaluation_runs_under_bf16_autocast_where_asked_with_about_the_same_loss(chat_gpt2, tmp_path):
+    """`eval_bf16` (sft and dpo): evaluation, its loss and the generated answers, under bf16
+    autocast; by default where the hardware computes bf16 natively, never when training already
+    runs in bf16/fp16."""
+    import math
+
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from recipes_lib.generation import ScoresAnswersAtEvaluation, evaluate_in_bf16
+    from recipes_lib.machine_defaults import native_bf16
+
+    model = AutoModelForCausalLM.from_pretrained(chat_gpt2)
+    autocast_seen = []
+    model.register_forward_hook(lambda *_: autocast_seen.append(torch.is_autocast_enabled("cpu")))
+
+    class AnswerScoringTrainer(ScoresAnswersAtEvaluation, Trainer):
+        pass
+
+    rows = [list(range(3, 3 + n)) for n in (5, 9, 12, 7)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], per_device_eval_batch_size=1
+    )
+    trainer = AnswerScoringTrainer(
+        model=model, args=args, eval_dataset=Dataset.from_dict({"input_ids": rows, "labels": rows})
+    )
+    losses = {}
+    for bf16 in (True, False):
+        trainer.eval_bf16 = bf16
+        autocast_seen.clear()
+        losses[bf16] = trainer.evaluate()["eval_loss"]
+        assert autocast_seen == [bf16] * len(rows)
+    assert math.isfinite(losses[True]) and losses[True] == pytest.approx(losses[False], rel=0.02)
+
+    assert evaluate_in_bf16(True, args) and not evaluate_in_bf16(False, args)
+    assert evaluate_in_bf16(None, args) == native_bf16()
+    bf16_training = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True)
+    assert not evaluate_in_bf16(True, bf16_training)  # its own autocast applies
