@@ -37,7 +37,7 @@ assets: install
 	$(VENV)/bin/recipes assets
 
 # Fine-tunes real checkpoints on real data, offline, every recipe (bert_cls, gpt_clm, sft, resnet_img),
-# two at a time, a progress line per run (about 7 minutes on 2 cores from a fresh clone, install included).
+# two at a time, a progress line per run (about 6 minutes on 2 cores from a fresh clone, install included).
 DEMO_OUT ?= outputs/demo
 demo: install
 	$(VENV)/bin/recipes demo --output $(DEMO_OUT)
