@@ -330,6 +330,7 @@ def test_the_saved_models_load_with_peft_and_in_a_pipeline_as_trained(chat_gpt2,
             validation_file=dev,
             loss_type=["sigmoid", "sft"],  # the shipped config's: the chosen answers' log-probability rises
             max_steps=6,
+            eval_bf16=False,  # float32 evaluation, as the reloaded models are scored below
             output_dir=out,
             **keys,
         )

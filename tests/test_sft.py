@@ -527,3 +527,7 @@ def test_evaluation_runs_under_bf16_autocast_where_asked_with_about_the_same_los
     assert evaluate_in_bf16(None, args) == native_bf16()
     bf16_training = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, bf16=True)
     assert not evaluate_in_bf16(True, bf16_training)  # its own autocast applies
+    # DPO's reference log-probs, precomputed in float32, beside a bf16 policy: off unless asked for.
+    precomputed = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    precomputed.precompute_ref_log_probs = True
+    assert not evaluate_in_bf16(None, precomputed) and evaluate_in_bf16(True, precomputed)
