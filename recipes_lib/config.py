@@ -278,8 +278,9 @@ def resolved_config(*parsed: Any) -> dict[str, Any]:
         if isinstance(args, TrainingArguments):
             # The keys the YAML, command line, recipe or machine set (else those that differ from
             # the defaults), never a token. Post-init values (accelerator_config, ...) are left
-            # to TrainingArguments.
-            defaults = _field_defaults(TrainingArguments)
+            # to TrainingArguments. The class's own defaults: TRL's configs add fields (beta,
+            # loss_type, max_length, ...) that a repeated run needs as much as the Trainer's.
+            defaults = _field_defaults(type(args))
             for key, value in args.to_dict().items():
                 if key not in defaults or key == "hub_token":
                     continue
