@@ -530,3 +530,44 @@ def test_recipes_sweep_searches_dpo_runs_by_preference_accuracy_after_training(c
     assert results["best"]["value"] == max(t["value"] for t in trials)
     again = dpo.main(["--config", str(out / "best.yaml")])
     assert again["eval_rewards/accuracies"] == pytest.approx(results["best"]["value"], abs=1e-6)
+
+
+def test_the_after_sft_config_runs_as_the_readme_gives_it_from_another_folder(tmp_path):
+    """`python recipes/dpo/run.py --config configs/after_sft.yaml` run from the user's own folder,
+    where recipes/sft wrote `outputs/sft/tweets` (here a tiny adapter), with only the data file and
+    the run's length swapped: it starts from the merged SFT model (loss ln 2 before training, its
+    reference that model) and trains with the config's beta and learning rate."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    base = build_tiny_gpt2(tmp_path / "base", n_positions=256, chat=True)  # the config's prompt fits
+    torch.manual_seed(0)
+    adapter = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(task_type="CAUSAL_LM", r=4, init_lora_weights=False),
+    )
+    sft_out = tmp_path / "outputs" / "sft" / "tweets"
+    adapter.save_pretrained(sft_out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(sft_out)
+    rng = random.Random(0)
+    rows = [
+        (rng.choice(["negative", "neutral", "positive"]), f"the {rng.choice(list(COLOR_OF))} is here")
+        for _ in range(60)
+    ]
+    data = tmp_path / "tweets.csv"
+    data.write_text("sentiment,text\n" + "".join(f"{s},{t}\n" for s, t in rows), encoding="latin-1")
+
+    argv = [sys.executable, str(REPO / "recipes" / "dpo" / "run.py"), "--config", "configs/after_sft.yaml"]
+    argv += flags(train_file=data, max_steps=2, max_eval_samples=6, use_cpu=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "outputs" / "dpo" / "after_sft"
+    results = json.loads((out / "all_results.json").read_text())
+    # Before training the policy is the reference (the merged SFT model, new LoRA at zero): no margin.
+    assert results["eval_rewards/margins_before"] == pytest.approx(0.0, abs=1e-4)
+    assert results["eval_rewards/chosen_before"] == pytest.approx(0.0, abs=1e-4)
+    assert "eval_rewards/accuracies" in results and (out / "adapter_config.json").is_file()
+    resolved = (out / "resolved_config.yaml").read_text()
+    assert "beta: 0.5" in resolved and "learning_rate: 0.0002" in resolved
