@@ -257,7 +257,11 @@ def evaluate_in_bf16(choice: bool | None, training_args: Any) -> bool:
     (the `eval_bf16` key), by default where the hardware computes bf16 natively (a CPU with
     AVX512-BF16 or AMX, a bf16 GPU). Never when training itself runs in bf16 or fp16: its own
     autocast applies. On a CPU with AVX512-BF16 the demo's sft evaluation takes about half the time
-    (SmolLM2-135M, 60 tweets: answers generated in 11 s instead of 21 s on one core)."""
+    (SmolLM2-135M, 60 tweets: answers generated in 11 s instead of 21 s on one core).
+
+    Hand-written because transformers' own `bf16_full_eval` casts the weights to bf16 for
+    evaluation (no float32 weights left, every op in bf16),
+    while autocast keeps float32 weights and runs only the matmuls in bf16."""
     if training_args.bf16 or training_args.fp16:
         return False
     if choice is None and getattr(training_args, "precompute_ref_log_probs", False):
