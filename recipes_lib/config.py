@@ -106,6 +106,7 @@ def parse_config(
 
     config_path = find_config(config_arg, default_config)
     values = load_yaml(config_path) if config_path else {}
+    auto_bf16, values, argv = _pop_auto_bf16(values, argv)
     extras = {key: values.pop(key) for key in NON_ARGUMENT_KEYS if key in values}
     sources = {key: "the recipe's defaults" for key in recipe_defaults or {}}
     sources.update({key: str(config_path) for key in values})
@@ -129,7 +130,7 @@ def parse_config(
 
     cli_keys = {a[2:].split("=")[0].replace("-", "_").removeprefix("no_") for a in argv if a.startswith("--")}
     chosen = set(values) | (cli_keys & set(fields))
-    machine = machine_defaults(set(fields), chosen)  # bf16 on capable GPUs, TensorBoard, ...
+    machine = machine_defaults(set(fields), chosen, cpu_bf16=auto_bf16)  # bf16 on capable GPUs, ...
     parser.set_defaults(**direct, **machine)
 
     try:  # the file's values alone first, so that an error can say which file it is in
@@ -167,6 +168,28 @@ def parse_config(
             check_training_ranges(args)
             check_one_process_group(args)
     return tuple(parsed)
+
+
+def _pop_auto_bf16(values: dict[str, Any], argv: list[str]) -> tuple[bool, dict[str, Any], list[str]]:
+    """`bf16: auto` (YAML) or `--bf16 auto`: leave bf16 to the machine, CPUs with native bf16
+    included (`machine_defaults`); TrainingArguments' bf16 is a plain bool. The command line wins:
+    `--bf16 false` after a YAML `auto` is a choice like any other."""
+    auto = str(values.get("bf16")).lower() == "auto"
+    if auto:
+        values = {k: v for k, v in values.items() if k != "bf16"}
+    kept: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.lower() == "--bf16=auto" or (arg == "--bf16" and argv[i + 1 : i + 2] in (["auto"], ["AUTO"])):
+            auto = True
+            i += 1 if "=" in arg else 2
+            continue
+        if arg.split("=")[0] == "--bf16":
+            auto = False
+        kept.append(arg)
+        i += 1
+    return auto, values, kept
 
 
 def _argv_tokens(key: str, value: Any, action: Any, tp: Any, where: str) -> list[str] | None:

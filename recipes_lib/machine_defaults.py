@@ -7,7 +7,8 @@ another machine is not taken for another run. A key the config or the command li
 filled in.
 
 - `machine_defaults`: `report_to: [tensorboard]` when TensorBoard is installed; `bf16` and `tf32`
-  on GPUs that run them natively; `use_cpu: true` when a launcher started several processes on a
+  on GPUs that run them natively (and, where a config says `bf16: auto`, bf16 on CPUs that do
+  too); `use_cpu: true` when a launcher started several processes on a
   machine without a GPU; `dataloader_pin_memory: false` without a GPU.
 - `worker_defaults`: `dataloader_persistent_workers` when there are loader workers to keep.
 - `check_one_process_group`: the launched processes formed one training group.
@@ -31,13 +32,16 @@ if TYPE_CHECKING:
     from transformers import TrainingArguments
 
 
-def machine_defaults(fields: set[str], chosen: set[str]) -> dict[str, Any]:
+def machine_defaults(fields: set[str], chosen: set[str], cpu_bf16: bool = False) -> dict[str, Any]:
     """The values this machine gives the keys among `fields` (the recipe's arguments) that no
-    config, command line or recipe default has `chosen`."""
+    config, command line or recipe default has `chosen`. `cpu_bf16` (a config's `bf16: auto`):
+    bf16 on a CPU that computes it natively too."""
     defaults: dict[str, Any] = {}
     if "report_to" in fields and "report_to" not in chosen and tensorboard_available():
         defaults["report_to"] = ["tensorboard"]  # TensorBoard logs by default when it is installed
     defaults.update(gpu_speed_defaults(fields, chosen))
+    if cpu_bf16:
+        defaults.update(cpu_bf16_defaults(fields, chosen))
     defaults.update(distributed_cpu_defaults(fields, chosen))
     defaults.update(loader_defaults(fields, chosen))
     return defaults
@@ -60,6 +64,23 @@ def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
     if "tf32" not in chosen and torch.cuda.get_device_capability(0) >= (8, 0):
         defaults["tf32"] = True
     return defaults
+
+
+def cpu_bf16_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
+    """`bf16` where the run is on a CPU that computes bf16 natively (AVX512-BF16 or AMX): mixed
+    precision under autocast, float32 weights and optimizer. Only on a config's `bf16: auto`, not
+    for every run: measured on bert_cls (1.46x the samples/s of float32 on MiniLM, GLUE dev scores
+    within noise: BENCHMARKS.md section 6), not on the other recipes."""
+    if "bf16" not in fields or chosen & {"bf16", "fp16"}:
+        return {}
+    import torch
+
+    if torch.cuda.is_available() and "use_cpu" not in chosen:
+        return {}  # a GPU: gpu_speed_defaults decided
+    if not cpu_native_bf16():
+        return {"bf16": False}
+    # TrainingArguments refuses bf16 without a GPU unless use_cpu says the CPU is meant
+    return {"bf16": True} if "use_cpu" in chosen else {"bf16": True, "use_cpu": True}
 
 
 def loader_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
@@ -130,4 +151,11 @@ def native_bf16() -> bool:
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
+    return cpu_native_bf16()
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this machine's CPU computes bf16 natively (AVX512-BF16 or AMX: oneDNN's test)."""
+    import torch
+
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -190,6 +190,29 @@ def test_bf16_and_tf32_are_on_by_default_only_on_gpus_that_support_them(monkeypa
     assert gpu_speed_defaults(fields, set()) == {}
 
 
+def test_bf16_auto_leaves_precision_to_the_machine_cpus_with_native_bf16_included(tmp_path, monkeypatch):
+    import torch
+
+    import recipes_lib.machine_defaults as machine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native in (True, False):  # an AVX512-BF16/AMX CPU, then one without
+        monkeypatch.setattr(machine, "cpu_native_bf16", lambda native=native: native)
+        _, run, args = _parse(tmp_path, BASE + "bf16: auto\n")
+        assert args.bf16 is native and "bf16" in run.machine_keys and "bf16" not in run.explicit_keys
+        _, run, args = _parse(tmp_path, BASE, ["--bf16", "auto"])  # the same from the command line
+        assert args.bf16 is native and "bf16" in run.machine_keys
+    monkeypatch.setattr(machine, "cpu_native_bf16", lambda: True)
+    _, run, args = _parse(tmp_path, BASE)  # without auto a CPU run stays float32, as before
+    assert args.bf16 is False and "bf16" not in run.machine_keys
+    _, run, args = _parse(tmp_path, BASE + "bf16: auto\n", ["--bf16", "false"])  # the command line wins
+    assert args.bf16 is False and "bf16" in run.explicit_keys
+    _, _, args = _parse(tmp_path, BASE + "bf16: auto\nfp16: true\n", ["--use_cpu", "false"])
+    assert args.bf16 is False  # a precision chosen beside auto is kept
+    with pytest.raises(ConfigError, match="bf16: must be true or false, got 'sometimes'"):
+        _parse(tmp_path, BASE + "bf16: sometimes\n")
+
+
 SPEED = {"train_sampling_strategy": "group_by_length", "average_tokens_across_devices": False}
 
 
