@@ -265,10 +265,10 @@ def build(argv: list[str] | None = None) -> Setup:
     else:
         compute_metrics = classification_metrics(len(label_names), task_args.metrics)
 
-    # ---- Trainer: dynamic padding (multiples of 8 let fp16/bf16 use tensor cores).
-    collator = DataCollatorWithPadding(
-        tokenizer, pad_to_multiple_of=8 if (training_args.fp16 or training_args.bf16) else None
-    )
+    # ---- Trainer: dynamic padding (on a GPU, multiples of 8 let fp16/bf16 use tensor cores; a CPU
+    # gains nothing from them and would compute the extra padding).
+    half_on_gpu = (training_args.fp16 or training_args.bf16) and training_args.device.type == "cuda"
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if half_on_gpu else None)
     # group_by_length batches come from recipes_lib.sampling.LengthBucketSampler: similar lengths,
     # each with the data's class mix, in random order (transformers' own sampler leans batches
     # towards a class where length goes with it, and serves them longest first: BENCHMARKS.md).
