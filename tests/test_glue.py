@@ -17,6 +17,7 @@ from test_config import parse_as_recipe, values_of
 import recipes_lib.data
 from recipes_lib.data import GLUE_TASKS, DataArguments, has_labels, load_splits
 from recipes_lib.errors import DataError
+from recipes_lib.machine_defaults import native_bf16
 from recipes_lib.metrics import without_timings
 
 QUICK = ["--max_steps", "4", "--use_cpu", "true", "--report_to", "none", "--eval_strategy", "no",
@@ -248,6 +249,7 @@ def test_each_glue_config_parses_with_the_papers_settings_and_the_tasks_metric(p
     assert values["per_device_train_batch_size"] == 32 and values["num_train_epochs"] == 3
     assert values["max_seq_length"] == 128 and values["dataset_name"] is None
     config = yaml.safe_load(path.read_text())
+    assert config["bf16"] == "auto" and values["bf16"] == native_bf16()  # the machine decides, CPUs too
     assert config["sweep"]["space"]["learning_rate"] == [2e-5, 3e-5, 4e-5, 5e-5]
     expected = config["expected"]
     assert expected["metric"] == f"eval_{task.metric}" and 0 < expected["value"] < 1
