@@ -69,7 +69,7 @@ def gpu_speed_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
 def cpu_bf16_defaults(fields: set[str], chosen: set[str]) -> dict[str, bool]:
     """`bf16` where the run is on a CPU that computes bf16 natively (AVX512-BF16 or AMX): mixed
     precision under autocast, float32 weights and optimizer. Only on a config's `bf16: auto`, not
-    for every run: measured on bert_cls (1.46x the samples/s of float32 on MiniLM, GLUE dev scores
+    for every run: measured on bert_cls (1.14x-1.69x the samples/s of float32 on MiniLM, GLUE dev scores
     within noise: BENCHMARKS.md section 6), not on the other recipes."""
     if "bf16" not in fields or chosen & {"bf16", "fp16"}:
         return {}
