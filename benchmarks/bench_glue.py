@@ -10,11 +10,12 @@ the transformers run_glue default pipeline (pad every example to 128, random ord
 Every row is `recipes/bert_cls/run.py` itself, one process per run, with the task's shipped config
 (`configs/glue_<task>.yaml`) and only these changed: the model (all-MiniLM-L6-v2 from the offline
 asset cache, `recipes assets`, unless --model), `glue_dir`, `use_cpu`, `report_to none` and the
-output folder. Two pipelines:
+output folder. The pipelines:
 
-  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length, bf16: auto
-            (bf16 autocast on a CPU with AVX512-BF16/AMX, float32 elsewhere)
+  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length (STS-B:
+            random), bf16: auto (bf16 autocast on a CPU with AVX512-BF16/AMX, float32 elsewhere)
   recipe_fp32  the same in float32 (bf16 false): what bf16 autocast adds, side by side
+  recipe_random  the same on random batches (train_sampling_strategy random)
   run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random,
             bf16 false (float32, run_glue's default)
   run_glue_order  run_glue's order and precision with per-batch padding: run_glue's quality at a
@@ -25,11 +26,12 @@ output folder. Two pipelines:
 Quality (--full, default the recipe alone): the config's whole run, 3 epochs with its per-epoch
 evaluation and checkpoints; the dev score is the final evaluation (all_results.json), and the time
 is the whole process, loading and tokenising included. Speed (--speed_steps N, default 30):
-recipe, recipe_fp32 and run_glue train N steps (batch 32) with evaluation and checkpoints off, one
-after the other; samples/s is Trainer's train_samples_per_second. Trivial predictors beside the
-scores: the majority class (accuracy, F1 of always predicting it; MCC 0) and a constant (Pearson
-undefined: 0). --seeds runs each full pipeline once per seed (the config's own seed is 42); the
-table adds each pipeline's scores per seed, their mean and standard deviation.
+recipe, recipe_fp32 and run_glue (or the --speed pipelines) train N steps (batch 32) with
+evaluation and checkpoints off, one after the other; samples/s is Trainer's
+train_samples_per_second. Trivial predictors beside the scores: the majority class (accuracy, F1
+of always predicting it; MCC 0) and a constant (Pearson undefined: 0). --seeds runs each full
+pipeline once per seed (the config's own seed is 42); the table adds each pipeline's scores per
+seed, their mean and standard deviation.
 Writes outputs/bench/glue.json (rows of earlier invocations kept, per task) and outputs/bench/glue.md.
 """
 
