@@ -181,7 +181,9 @@ def _pop_auto_bf16(values: dict[str, Any], argv: list[str]) -> tuple[bool, dict[
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.lower() == "--bf16=auto" or (arg == "--bf16" and argv[i + 1 : i + 2] in (["auto"], ["AUTO"])):
+        if arg.lower() == "--bf16=auto" or (
+            arg == "--bf16" and [v.lower() for v in argv[i + 1 : i + 2]] == ["auto"]
+        ):
             auto = True
             i += 1 if "=" in arg else 2
             continue

@@ -8,8 +8,8 @@ filled in.
 
 - `machine_defaults`: `report_to: [tensorboard]` when TensorBoard is installed; `bf16` and `tf32`
   on GPUs that run them natively (and, where a config says `bf16: auto`, bf16 on CPUs that do
-  too); `use_cpu: true` when a launcher started several processes on a
-  machine without a GPU; `dataloader_pin_memory: false` without a GPU.
+  too); `use_cpu: true` when a launcher started several processes on a machine without a GPU;
+  `dataloader_pin_memory: false` without a GPU.
 - `worker_defaults`: `dataloader_persistent_workers` when there are loader workers to keep.
 - `check_one_process_group`: the launched processes formed one training group.
 - `expand_vars`: `${VAR}`, `~` and `${RECIPES_CACHE}` (the asset cache, `default_cache_dir()`)
