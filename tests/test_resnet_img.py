@@ -503,6 +503,20 @@ def test_label_smoothing_applies_once_to_soft_and_hard_targets(tiny_resnet, colo
     assert ours.item() == pytest.approx(LabelSmoother(0.1)({"logits": logits}, hard).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("extra", [[], ["--mixup_alpha", "0.2"]])
+def test_accumulated_micro_batches_give_the_loss_of_one_batch(tiny_resnet, colours, tmp_path, extra):
+    """The model's own loss and the soft-target one: a step of 2 micro-batches of 8 reports (and
+    backpropagates) the loss of one batch of 16, not twice it (transformers 5.x would, unfixed)."""
+    losses = {}
+    for size, accumulation in ((16, 1), (8, 2)):
+        out = tmp_path / f"{size}x{accumulation}"
+        steps = ["--max_steps", "1", "--per_device_train_batch_size", str(size)]
+        steps += ["--gradient_accumulation_steps", str(accumulation), "--eval_strategy", "no"]
+        setup = setup_for(tiny_resnet, *colours, out, *steps, "--save_strategy", "no", *extra)
+        losses[accumulation] = setup.trainer.train().training_loss
+    assert losses[2] == pytest.approx(losses[1], rel=0.15)  # batch norm sees 8 images, not 16
+
+
 def test_ema_weights_are_evaluated_saved_and_restored_on_resume(tiny_resnet, colours, tmp_path):
     out = tmp_path / "out"
     # A checkpoint every step, one evaluation at the end (step 3); the average from the first step.

@@ -518,6 +518,11 @@ def build(argv: list[str] | None = None) -> Setup:
         optimizer_cls_and_kwargs=optimizer_factory,
         callbacks=callbacks,
     )
+    if compute_loss is None:
+        # The model's own loss is a per-batch mean that ignores Trainer's num_items_in_batch, but its
+        # forward takes **kwargs, so transformers 5.x takes it as already scaled for gradient
+        # accumulation and would not divide it by gradient_accumulation_steps (transformers#47688).
+        trainer.model_accepts_loss_kwargs = False
     # What every run promises: a NaN/inf loss stops it before reaching the weights, peak memory is
     # measured, FLOPs counted once, and with early_stopping_patience it stops early on its best checkpoint.
     peak_memory = add_run_guards(trainer, strategy_args)
