@@ -6,16 +6,21 @@ the transformers run_glue default pipeline (pad every example to 128, random ord
     python benchmarks/bench_glue.py --glue_dir ~/glue_data --tasks cola --full run_glue_order --speed_steps 0
     python benchmarks/bench_glue.py --glue_dir ~/glue_data --tasks stsb --full recipe run_glue_order \
         --speed_steps 0 --seeds 43 44          # more seeds: the scores' spread, seed 42's kept
+    python benchmarks/bench_glue.py --glue_dir ~/glue_data --tasks stsb --full \
+        --speed recipe recipe_random recipe_group50 run_glue --speed_steps 60    # speed alone
 
 Every row is `recipes/bert_cls/run.py` itself, one process per run, with the task's shipped config
 (`configs/glue_<task>.yaml`) and only these changed: the model (all-MiniLM-L6-v2 from the offline
 asset cache, `recipes assets`, unless --model), `glue_dir`, `use_cpu`, `report_to none` and the
 output folder. The pipelines:
 
-  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length (STS-B:
-            random), bf16: auto (bf16 autocast on a CPU with AVX512-BF16/AMX, float32 elsewhere)
+  recipe    the config as shipped: pad per batch, train_sampling_strategy group_by_length (STS-B,
+            a regression: 16 x 2 accumulated, each step's micro-batches sorted by length), bf16:
+            auto (bf16 autocast on a CPU with AVX512-BF16/AMX, float32 elsewhere)
   recipe_fp32  the same in float32 (bf16 false): what bf16 autocast adds, side by side
   recipe_random  the same on random batches (train_sampling_strategy random)
+  recipe_group50  the same on length-grouped batches sorted 50 batches at a time (transformers'
+            mega-batch; the recipe's default for classes; a regression's is 2)
   run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random,
             bf16 false (float32, run_glue's default)
   run_glue_order  run_glue's order and precision with per-batch padding: run_glue's quality at a
@@ -58,6 +63,7 @@ PIPELINES = {
     "run_glue": ["--pad_to_max_length", "true", "--train_sampling_strategy", "random", "--bf16", "false"],
     "run_glue_order": ["--train_sampling_strategy", "random", "--bf16", "false"],
     "recipe_random": ["--train_sampling_strategy", "random"],
+    "recipe_group50": ["--train_sampling_strategy", "group_by_length", "--length_group_batches", "50"],
 }
 SPEED_PIPELINES = ("recipe", "recipe_fp32", "run_glue")
 METRICS = {
@@ -171,16 +177,18 @@ def main() -> None:
 def table(rows: list[dict]) -> str:
     full = [p for p in PIPELINES if any(p in row for row in rows)]
     headers = ["task", "metric", "trivial", *[f"{p} dev" for p in full], *[f"{p} time (s)" for p in full]]
-    headers += [f"{p} samples/s" for p in SPEED_PIPELINES] + ["recipe / run_glue", "recipe / recipe_fp32"]
+    timed = [p for p in PIPELINES if any(f"{p}_samples_per_s" in row for row in rows)]
+    headers += [f"{p} samples/s" for p in timed] + [f"recipe / {p}" for p in timed if p != "recipe"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         metric = METRICS[row["task"]][0]
         cells = [row["task"], metric, f"{row['trivial'].get(metric, 0.0):.4f}"]
         cells += [f"{row[p][metric]:.4f}" if p in row else "" for p in full]
         cells += [f"{row[f'{p}_wall_s']:.0f}" if p in row else "" for p in full]
-        speeds = [row.get(f"{p}_samples_per_s") for p in SPEED_PIPELINES]
-        cells += [f"{v:.1f}" if v else "" for v in speeds]
-        cells += [f"{speeds[0] / v:.2f}x" if speeds[0] and v else "" for v in (speeds[2], speeds[1])]
+        speeds = {p: row.get(f"{p}_samples_per_s") for p in timed}
+        cells += [f"{v:.1f}" if v else "" for v in speeds.values()]
+        ours = speeds.get("recipe")
+        cells += [f"{ours / v:.2f}x" if ours and v else "" for p, v in speeds.items() if p != "recipe"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| task | pipeline | seeds | dev score per seed | mean | s.d. |", "|---" * 6 + "|"]
     for row in rows:

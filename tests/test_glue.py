@@ -246,7 +246,8 @@ def test_each_glue_config_parses_with_the_papers_settings_and_the_tasks_metric(p
     task = GLUE_TASKS[values["glue_task"]]
     assert path.stem == f"glue_{values['glue_task']}"
     assert values["metric_for_best_model"] == task.metric and values["greater_is_better"]
-    assert values["per_device_train_batch_size"] == 32 and values["num_train_epochs"] == 3
+    step_batch = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"]
+    assert step_batch == 32 and values["num_train_epochs"] == 3  # the paper's batch per optimizer step
     assert values["max_seq_length"] == 128 and values["dataset_name"] is None
     config = yaml.safe_load(path.read_text())
     assert config["bf16"] == "auto" and values["bf16"] == native_bf16()  # the machine decides, CPUs too

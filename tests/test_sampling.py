@@ -7,11 +7,14 @@ import random
 import statistics
 
 import pytest
+import torch
 from accelerate.data_loader import BatchSamplerShard
 from conftest import load_recipe
+from fixtures import build_tiny_bert
 from torch.utils.data import BatchSampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from recipes_lib.errors import ConfigError
 from recipes_lib.sampling import LengthBucketSampler
 
 
@@ -116,6 +119,83 @@ def test_under_ddp_each_example_goes_to_one_process_and_a_step_has_similar_lengt
     full_steps = [step for step in zip(*shards, strict=True) if len(set(map(tuple, step))) == processes]
     longest = [[max(lengths[i] for i in batch) for batch in step] for step in full_steps]
     assert statistics.median(max(step) - min(step) for step in longest) <= 2  # tokens
+
+
+def test_fewer_batches_per_length_group_trade_padding_for_randomness():
+    """length_group_batches: 1 is random batches (nothing sorted), more sort more batches together."""
+    lengths = tweet_like_lengths(3200, seed=4)
+    samplers = {g: LengthBucketSampler(lengths, 32, seed=3, mega_batch_mult=g) for g in (1, 2, 4, 50)}
+    efficiency = {g: padding_efficiency(lengths, sampler.batches()) for g, sampler in samplers.items()}
+    shuffled = batches_of(random.Random(3).sample(range(3200), 3200), 32)
+    assert abs(efficiency[1] - padding_efficiency(lengths, shuffled)) < 0.03
+    assert efficiency[1] + 0.1 < efficiency[2] < efficiency[4] < efficiency[50]
+    # A group holds 2 batches: each batch's examples come from 64 consecutive ones of the shuffle.
+    order = torch.randperm(3200, generator=torch.Generator().manual_seed(3)).tolist()  # the epoch's shuffle
+    position = {i: k for k, i in enumerate(order)}
+    assert all(len({position[i] // 64 for i in batch}) == 1 for batch in samplers[2].batches())
+
+
+def test_whole_groups_make_each_accumulated_step_a_random_draw_sorted_by_length():
+    """mega_batch_mult = gradient accumulation steps: a step's micro-batches are one random draw."""
+    lengths, size, accumulation = tweet_like_lengths(1000, seed=6), 8, 4
+    sampler = LengthBucketSampler(lengths, size, seed=3, mega_batch_mult=accumulation, whole_groups=True)
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(3)).tolist()  # the epoch's shuffle
+    draws = {frozenset(order[i : i + size * accumulation]) for i in range(0, 1000, size * accumulation)}
+    batches = sampler.batches()
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    steps = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+    full = [step for step in steps if sum(map(len, step)) == size * accumulation]
+    assert len(full) == 1000 // (size * accumulation) and all(frozenset(sum(s, [])) in draws for s in full)
+    padding = padding_efficiency(lengths, batches)
+    random_batches = LengthBucketSampler(lengths, size, seed=3, mega_batch_mult=1).batches()
+    assert padding > padding_efficiency(lengths, random_batches) + 0.1
+
+
+def test_bert_cls_length_groups_default_by_task_and_follow_the_config(
+    tiny_bert, sentiment_csvs, regression_csvs, tmp_path
+):
+    bert_cls = load_recipe("bert_cls")
+
+    def sampler(csvs, name, *extra):
+        argv = [
+            *("--model_name_or_path", str(tiny_bert), "--train_file", str(csvs[0])),
+            *("--validation_file", str(csvs[1]), "--use_cpu", "true", "--report_to", "none"),
+            *("--output_dir", str(tmp_path / name), *extra),
+        ]
+        return bert_cls.build(argv).trainer.get_train_dataloader().batch_sampler.sampler
+
+    classes = sampler(sentiment_csvs, "classes", "--gradient_accumulation_steps", "2")
+    assert (classes.mega_batch_mult, classes.whole_groups) == (50, False)  # transformers' mega-batch
+    regression = sampler(regression_csvs, "regression", "--gradient_accumulation_steps", "2")
+    assert regression.labels is None and (regression.mega_batch_mult, regression.whole_groups) == (2, True)
+    assert (
+        sampler(regression_csvs, "one", "--train_sampling_strategy", "group_by_length").mega_batch_mult == 1
+    )
+    chosen = sampler(regression_csvs, "set", "--length_group_batches", "8")
+    assert (chosen.mega_batch_mult, chosen.whole_groups) == (8, False)
+    with pytest.raises(ConfigError, match="length_group_batches must be >= 1, got 0"):
+        sampler(sentiment_csvs, "bad", "--length_group_batches", "0")
+
+
+def test_bert_cls_accumulated_micro_batches_train_like_one_batch(regression_csvs, tmp_path):
+    """A step of 2 accumulated micro-batches of 8 is the same 16 examples as one batch of 16 and
+    must give the same loss and weights (transformers 5.x would leave the loss undivided)."""
+    bert_cls = load_recipe("bert_cls")
+    model = build_tiny_bert(tmp_path / "model", dropout=0.0)  # no dropout: the two runs compute alike
+    runs = {}
+    for size, accumulation in ((16, 1), (8, 2)):
+        argv = [
+            *("--model_name_or_path", str(model), "--train_file", str(regression_csvs[0])),
+            *("--validation_file", str(regression_csvs[1]), "--use_cpu", "true", "--report_to", "none"),
+            *("--output_dir", str(tmp_path / f"{size}x{accumulation}"), "--max_steps", "2"),
+            *("--per_device_train_batch_size", str(size), "--gradient_accumulation_steps", str(accumulation)),
+            *("--learning_rate", "1e-3", "--save_strategy", "no", "--eval_strategy", "no"),
+        ]
+        trainer = bert_cls.build(argv).trainer
+        runs[accumulation] = (trainer.train().training_loss, [p.detach() for p in trainer.model.parameters()])
+    (loss, weights), (accumulated_loss, accumulated_weights) = runs[1], runs[2]
+    assert accumulated_loss == pytest.approx(loss, rel=1e-4)
+    assert max((a - b).abs().max().item() for a, b in zip(weights, accumulated_weights, strict=True)) < 1e-5
 
 
 def test_bert_cls_trains_group_by_length_with_the_bucket_sampler(tiny_bert, sentiment_csvs, tmp_path):

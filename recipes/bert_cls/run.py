@@ -115,10 +115,20 @@ class TokenizationArguments:
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every example to max_seq_length instead of per batch."}
     )
+    length_group_batches: int | None = field(
+        default=None,
+        metadata={
+            "help": "group_by_length: how many batches are sorted by length together (1: random "
+            "batches; more: less padding). Default: 50 for classes; for a regression, one optimizer "
+            "step's (gradient_accumulation_steps): random steps in micro-batches sorted by length."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 1:
             raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.length_group_batches is not None and self.length_group_batches < 1:
+            raise ValueError(f"length_group_batches must be >= 1, got {self.length_group_batches}")
 
 
 @dataclass
@@ -272,7 +282,10 @@ def build(argv: list[str] | None = None) -> Setup:
     # group_by_length batches come from recipes_lib.sampling.LengthBucketSampler: similar lengths,
     # each with the data's class mix, in random order (transformers' own sampler leans batches
     # towards a class where length goes with it, and serves them longest first: BENCHMARKS.md).
+    # A regression's labels cannot be kept mixed: there, only one optimizer step's micro-batches
+    # (gradient_accumulation_steps) are sorted together, so every step is a random draw.
     trainer = LengthBucketTrainer(
+        length_group_batches=tokenization_args.length_group_batches,
         model=model,
         args=training_args,
         train_dataset=tokenized["train"],
