@@ -20,7 +20,8 @@ output folder. The pipelines:
   recipe_fp32  the same in float32 (bf16 false): what bf16 autocast adds, side by side
   recipe_random  the same on random batches (train_sampling_strategy random)
   recipe_group50  the same on length-grouped batches sorted 50 batches at a time (transformers'
-            mega-batch; the recipe's default for classes; a regression's is 2)
+            mega-batch; the recipe's default for classes; a regression's default sorts only the
+            micro-batches of one optimizer step)
   run_glue  run_glue's defaults on top: pad_to_max_length true, train_sampling_strategy random,
             bf16 false (float32, run_glue's default)
   run_glue_order  run_glue's order and precision with per-batch padding: run_glue's quality at a

@@ -160,9 +160,7 @@ class LengthBucketTrainer(Trainer):
     draw per batch) 0.7 points (BENCHMARKS.md section 6)."""
 
     def __init__(self, *args, length_group_batches: int | None = None, **kwargs):
-        if length_group_batches is not None and length_group_batches < 1:
-            raise ValueError(f"length_group_batches must be >= 1, got {length_group_batches}")
-        self.length_group_batches = length_group_batches
+        self.length_group_batches = length_group_batches  # LengthBucketSampler checks it is >= 1
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: datasets.Dataset | None = None) -> Sampler | None:
@@ -177,10 +175,12 @@ class LengthBucketTrainer(Trainer):
         feature = dataset.features.get("labels")
         regression = isinstance(feature, datasets.Value) and feature.dtype.startswith("float")
         step_groups = self.length_group_batches is None and regression
-        if step_groups:  # each optimizer step a random draw, its micro-batches sorted by length
+        if self.length_group_batches is not None:
+            group = self.length_group_batches
+        elif step_groups:  # each optimizer step a random draw, its micro-batches sorted by length
             group = self.args.gradient_accumulation_steps
         else:
-            group = self.length_group_batches or CLASSIFICATION_GROUP_BATCHES
+            group = CLASSIFICATION_GROUP_BATCHES
         return LengthBucketSampler(
             example_lengths(dataset, column),
             batch_size=self.args.train_batch_size * self.args.world_size,
